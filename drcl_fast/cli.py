@@ -1,0 +1,45 @@
+"""`drcl-fast train ...` (also `python -m drcl_fast train ...`)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from drcl_fast.flags import add_train_flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drcl-fast", description="Deep Reversible Consistency Learning for cross-modal retrieval")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train DRCL and evaluate MAP (the released main.py)",
+                                description="Train DRCL on a dataset: SPL, RSC per modality, MAP@all and MAP@50.")
+    add_train_flags(train)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from drcl_fast.retrieval.report import format_table
+    from drcl_fast.runlog import setup_run_logging
+    from drcl_fast.solver import Solver
+
+    logger = setup_run_logging(args.out, args.datasets, args.quiet)
+    logger.info("arguments: %s", vars(args))
+    solver = Solver(args, logging.getLogger("drcl_fast.results"))
+    solver.train()
+    metrics = solver.result.metrics
+    if metrics and not args.quiet:
+        print(format_table(metrics))
+        print(f"metrics written to {args.out.rstrip('/')}/metrics.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return run_train(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Training configuration: one dataclass, per-dataset presets, released-flag mapping."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# The released main.py's --lr default; the released code indexes it by view.
+RELEASED_LR = (6e-6, 5e-3, 8e-4, 3e-3, 4e-4)
+
+PRIOR_CHOICES = ("spl", "file", "w0")
+
+
+@dataclass
+class DRCLConfig:
+    """Everything one DRCL run depends on. Names follow the released flags.
+
+    `prior` says where the frozen prior W of RSC comes from: "spl" learns it
+    (the released `--wselect True`), "file" reads `PriorW/W_{D}X{C}{dataset}.mat`
+    under `out` (`--wselect False`), "w0" uses the random orthogonal W0 (the
+    paper's "without SPL" ablation), any other string is a path to a .mat/.npy/.pt
+    file holding a D x C matrix.
+    """
+
+    datasets: str = "wiki"
+    lr: list[float] | None = None          # RSC learning rate per modality; None: the preset's
+    lr_SPL: float = 5e-4
+    prior: str = "spl"
+    batch_size: int = 1024
+    output_shape: int = 2048               # D; -1 means D = number of classes (released)
+    hidden_shape: int = 4096               # H
+    alpha: float = 0.1                     # J_D weight
+    beta: float = 0.1                      # J_MSE weight
+    eta: float = 1.0                       # J_L weight
+    gamma: float = 0.9                     # Mixup coefficient; 1 disables FA
+    view_id: int = -1                      # >= 0: run RSC for this modality only
+    epochs: int = 200
+    spl_epochs: int | None = None          # None: the released code's choice, `epochs`
+    sample_interval: int = 1
+    seed: int = 1
+    released_prior_slip: bool = False      # True: keep the final-epoch W_k as the released code does
+    backend: str = "auto"
+    device: str = "auto"
+    data_root: str = "datasets"
+    data_path: str | None = None           # a generic .npz/.h5/.mat container instead of a named dataset
+    out: str = "."
+    overwrite: bool = False
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # released flags with no effect here
+
+    @classmethod
+    def preset(cls, dataset: str, **overrides: Any) -> "DRCLConfig":
+        """The published settings for `dataset` (DESIGN.md section 1), then `overrides`."""
+        base = {k: v for k, v in PRESETS.get(dataset, {}).items() if k != "wselect"}
+        base.update(overrides)
+        return cls(datasets=dataset, **base)
+
+    def learning_rates(self, num_modalities: int) -> list[float]:
+        lrs = list(self.lr) if self.lr is not None else list(RELEASED_LR)
+        if len(lrs) < num_modalities:
+            raise ValueError(
+                f"--lr gives {len(lrs)} learning rate(s) for {num_modalities} modalities of "
+                f"{self.datasets!r}; pass one per modality, e.g. --lr " + " ".join(["1e-4"] * num_modalities))
+        return lrs[:num_modalities]
+
+    @property
+    def spl_epoch_count(self) -> int:
+        return self.epochs if self.spl_epochs is None else self.spl_epochs
+
+    def replace(self, **changes: Any) -> "DRCLConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "wiki": dict(epochs=200, lr=[6e-6, 5e-3]),
+    "xmedia": dict(epochs=300, lr=[8e-4, 3e-4, 8e-4, 3e-3, 4e-4]),
+    # Learning rates for these three are not published: the released default list applies.
+    "xmedianet": dict(epochs=100),
+    "nus": dict(epochs=100),
+    "INRIA-Websearch": dict(epochs=100),
+    # CPU-sized run on the bundled data (make demo): smaller encoders, batches and epochs.
+    "mfeat": dict(epochs=60, batch_size=100, output_shape=256, hidden_shape=512,
+                  lr=[1e-3] * 6, wselect=True),
+}

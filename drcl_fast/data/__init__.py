@@ -1,0 +1,33 @@
+"""Data sets for drcl_fast: the released DRCL files, a generic container, and bundled mfeat."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .container import SPLITS, DataError, MultiModalData, Split
+from .generic import load_generic, save_generic
+from .mfeat import load_mfeat
+from .released import RELEASED
+
+DATASETS = tuple(RELEASED) + ("mfeat",)
+
+__all__ = ["DataError", "Split", "MultiModalData", "SPLITS", "load_dataset",
+           "load_generic", "save_generic", "load_mfeat", "DATASETS"]
+
+
+def load_dataset(name: str, data_root: str | Path = "datasets",
+                 path: str | Path | None = None) -> MultiModalData:
+    """Load a data set by name.
+
+    `mfeat` is bundled with the package; the released DRCL names are read from
+    `data_root`. Any other name needs `path`, a generic container (.npz, .h5,
+    .hdf5 or .mat, see generic.py); `path` is not consulted for the known names,
+    so one data_root/path pair can serve a list of names.
+    """
+    if name == "mfeat":
+        return load_mfeat()
+    if name in RELEASED:
+        return RELEASED[name](data_root)
+    if path is not None:
+        return load_generic(path, name)
+    raise DataError(f"unknown dataset {name!r}; known names: {', '.join(DATASETS)}. "
+                    "For other data pass path= a generic container (.npz, .h5, .hdf5 or .mat)")

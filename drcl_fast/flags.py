@@ -1,0 +1,97 @@
+"""The released main.py's flags (same names, meanings, defaults) plus this package's own.
+
+Shared by the CLI and the drop-in Solver, which receives the parsed namespace.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from drcl_fast.config import PRESETS, DRCLConfig
+
+# Released flags kept for compatibility that change nothing here.
+INERT_FLAGS = ("gpu_id", "just_val", "running_time")
+
+
+def str2bool(text: str | bool) -> bool:
+    """Parse a boolean the way a user means it (the released `type=bool` read "False" as True)."""
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False, 1/0, yes/no), got {text!r}")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Add --name and, where it has underscores, its dashed alias --na-me."""
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    if name != name.lower():
+        spellings.append(f"--{name.lower().replace('_', '-')}")
+    parser.add_argument(*dict.fromkeys(spellings), dest=name, **kwargs)
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    boolean = dict(type=str2bool, nargs="?", const=True, metavar="BOOL")
+    g = parser.add_argument_group("released main.py flags (None: the dataset's preset)")
+    _flag(g, "datasets", default="wiki", help="wiki, xmedia, xmedianet, nus, INRIA-Websearch, mfeat (default: wiki)")
+    _flag(g, "lr", type=float, nargs="+", default=None, help="RSC learning rate per modality")
+    _flag(g, "lr_SPL", type=float, default=None, help="SPL learning rate (5e-4)")
+    _flag(g, "wselect", default=None, help="learn the prior with SPL (True) or read PriorW/ (False, released default)",
+          **boolean)
+    _flag(g, "batch_size", type=int, default=None, help="batch size (1024)")
+    _flag(g, "output_shape", type=int, default=None, help="embedding width D (2048; -1: number of classes)")
+    _flag(g, "alpha", type=float, default=None, help="J_D weight (0.1)")
+    _flag(g, "beta", type=float, default=None, help="J_MSE weight (0.1)")
+    _flag(g, "eta", type=float, default=None, help="J_L weight (1)")
+    _flag(g, "gamma", type=float, default=None, help="Mixup coefficient (0.9; 1 disables FA)")
+    _flag(g, "view_id", type=int, default=-1, help="train only this modality (-1: all)")
+    _flag(g, "gpu_id", type=int, default=0, help="CUDA device index used by --device auto")
+    _flag(g, "sample_interval", type=int, default=None, help="epochs between model-selection checks (1)")
+    _flag(g, "epochs", type=int, default=None, help="epochs of SPL and of RSC (dataset preset)")
+    _flag(g, "seed", type=int, default=None, help="random seed (1)")
+    _flag(g, "just_val", default=False, help="accepted for compatibility; no effect", **boolean)
+    _flag(g, "running_time", default=False, help="print the training time and skip evaluation", **boolean)
+
+    n = parser.add_argument_group("drcl_fast flags")
+    _flag(n, "data_root", default="datasets", help="folder of the released dataset files (default: datasets)")
+    _flag(n, "data_path", default=None, help="a generic .npz/.h5/.mat container to train on instead")
+    _flag(n, "out", default=".", help="folder for PriorW/, features/, metrics.json and logging/ (default: .)")
+    _flag(n, "device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    _flag(n, "backend", default="auto", choices=["auto", "torch", "triton", "cpp"], help="op implementations")
+    _flag(n, "hidden_shape", type=int, default=None, help="encoder hidden width H (4096)")
+    _flag(n, "spl_epochs", type=int, default=None, help="SPL epochs (default: --epochs)")
+    _flag(n, "prior", default=None, help="spl, file, w0 (the without-SPL ablation) or a prior file; overrides --wselect")
+    _flag(n, "released_prior_slip", default=False, help="keep SPL's final-epoch W_k as the released code does",
+          **boolean)
+    _flag(n, "overwrite", action="store_true", help="replace existing output files")
+    _flag(n, "quiet", action="store_true", help="no progress bars or log lines on the console")
+
+
+def config_from_flags(ns: argparse.Namespace) -> DRCLConfig:
+    """A DRCLConfig from parsed flags (or the released code's config namespace)."""
+    flags = vars(ns)
+    dataset = flags["datasets"]
+    fields = set(DRCLConfig.__dataclass_fields__)
+    given = {k: v for k, v in flags.items() if k in fields and v is not None}
+    given["prior"] = _prior_choice(flags, dataset)
+    if flags.get("device", "auto") == "auto" and flags.get("gpu_id"):
+        import torch
+        if torch.cuda.is_available():
+            given["device"] = f"cuda:{flags['gpu_id']}"
+    given["extra"] = {k: flags[k] for k in INERT_FLAGS if k in flags}
+    given.pop("datasets")
+    return DRCLConfig.preset(dataset, **given)
+
+
+def _prior_choice(flags: dict[str, Any], dataset: str) -> str:
+    if flags.get("prior") is not None:
+        return flags["prior"]
+    wselect = flags.get("wselect")
+    if wselect is None:  # released default False, except where no released prior file can exist
+        wselect = PRESETS.get(dataset, {}).get("wselect", False)
+    return "spl" if wselect else "file"

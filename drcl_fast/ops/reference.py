@@ -1,0 +1,70 @@
+"""The DRCL objective written to read like DESIGN.md section 1.
+
+This is the specification in code: every fast implementation of these ops has
+the same signature and is tested against the functions here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+COS_EPS = 1e-6  # the released code's clamp on the product of norms
+
+
+def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float) -> torch.Tensor:
+    """Generalised cross-entropy against soft targets, mean over rows.
+
+    `(1 - s^q) / q` with `s_i = sum_c t_ic softmax(p_i)_c`; at q = 0 its limit
+    `-log s` (the released code divides by zero there).
+    """
+    s = (targets * torch.softmax(logits, dim=1)).sum(dim=1)
+    if q == 0:
+        return (-torch.log(s)).mean()
+    return ((1.0 - s.pow(q)) / q).mean()
+
+
+def cos2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Twice the pairwise cosine similarity, rows of `a` against rows of `b`."""
+    norms = a.norm(dim=1, keepdim=True) * b.norm(dim=1, keepdim=True).t()
+    return 2.0 * (a @ b.t()) / norms.clamp_min(COS_EPS)
+
+
+def discrimination_loss(recast: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """J_D: the two B x B consistency terms between recast targets and features."""
+    within = (cos2(recast, recast) - cos2(features, features)).pow(2).mean()
+    cross = cos2(recast, features)
+    return within + (cross - cross.t()).pow(2).mean()
+
+
+def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                    pinv: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(J_L, J_D, J_MSE) on an already-mixed batch: f~, y~, f~W and L = W+."""
+    recast = targets @ pinv
+    return (gce_loss(logits, targets, q),
+            discrimination_loss(recast, features),
+            F.mse_loss(features, recast))
+
+
+def drcl_loss(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+              pinv: torch.Tensor, q: float, alpha: float, beta: float, eta: float) -> torch.Tensor:
+    """J = eta J_L + alpha J_D + beta J_MSE."""
+    j_l, j_d, j_mse = drcl_loss_terms(features, targets, logits, pinv, q)
+    return eta * j_l + alpha * j_d + beta * j_mse
+
+
+def prior_pinv(prior: torch.Tensor) -> torch.Tensor:
+    """L = W+ (C x D), the Moore-Penrose pseudo-inverse, computed in float64."""
+    return torch.linalg.pinv(prior.double()).to(prior.dtype)
+
+
+def feature_mixup(features: torch.Tensor, targets: torch.Tensor, gamma: float,
+                  permutation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FA: mix each row with the row `permutation` sends it to; labels mix alike."""
+    mixed_features = gamma * features + (1.0 - gamma) * features[permutation]
+    mixed_targets = gamma * targets + (1.0 - gamma) * targets[permutation]
+    return mixed_features, mixed_targets
+
+
+def gce_q(epoch: int) -> float:
+    """The GCE exponent's ramp, min(1, 0.01 e)."""
+    return min(1.0, 0.01 * epoch)

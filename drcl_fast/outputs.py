@@ -1,0 +1,106 @@
+"""Files a run writes, named as the released code names them, written atomically.
+
+Layout under the output directory `out`:
+  PriorW/W_{D}X{C}{dataset}.mat      the chosen prior (key W, D x C)
+  PriorW/W_{D}X{C}{dataset}{k}.mat   SPL's W_k of modality k
+  features/{dataset}_{k}.mat         test_fea, test_lab, test_pred of modality k
+  metrics.json                       MAP@all and MAP@50, every direction and the mean
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import scipy.io as sio
+
+from drcl_fast.data.container import DataError
+
+
+class OutputExistsError(FileExistsError):
+    """A run would overwrite files that are already there."""
+
+
+def prior_path(out: str | Path, dataset: str, output_dim: int, num_classes: int, k: int | None = None) -> Path:
+    suffix = "" if k is None else str(k)
+    return Path(out) / "PriorW" / f"W_{output_dim}X{num_classes}{dataset}{suffix}.mat"
+
+
+def features_path(out: str | Path, dataset: str, k: int) -> Path:
+    return Path(out) / "features" / f"{dataset}_{k}.mat"
+
+
+def metrics_path(out: str | Path) -> Path:
+    return Path(out) / "metrics.json"
+
+
+def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    """Stop before any work if a run would replace a user's files."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            "these output files exist and would be overwritten: " + ", ".join(existing)
+            + "; pass --overwrite (overwrite=True) to replace them, or choose another --out directory")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_mat(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    # scipy appends ".mat" to names without it; pass a file object to keep the temp name.
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            sio.savemat(fh, arrays)
+    atomic_write(path, write)
+
+
+def save_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def load_prior_file(path: str | Path, output_dim: int, num_classes: int) -> np.ndarray:
+    """A D x C prior from a .mat (key W), .npy or .pt file, with a clear error if it does not fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prior file {path} does not exist; learn one with --wselect True "
+                        f"(SPL), or pass --prior w0 to use the random orthogonal W0")
+    if path.suffix == ".npy":
+        prior = np.load(path)
+    elif path.suffix == ".pt":
+        import torch
+        prior = torch.load(path, map_location="cpu", weights_only=True).numpy()
+    else:
+        try:
+            prior = sio.loadmat(str(path))["W"]
+        except KeyError:
+            raise DataError(f"prior file {path} has no key 'W'") from None
+    prior = np.asarray(prior, dtype=np.float32)
+    if prior.shape != (output_dim, num_classes):
+        raise DataError(f"prior file {path} holds a {prior.shape[0]} x {prior.shape[1]} matrix; this run "
+                        f"needs D x C = {output_dim} x {num_classes} (--output_shape and the dataset's classes)")
+    return prior
+
+
+def load_features(out: str | Path, dataset: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """test_fea and test_lab of a released-layout features file; label vectors come back 1-D."""
+    path = features_path(out, dataset, k)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: train modality {k} first (--view_id {k})")
+    tmp = sio.loadmat(str(path))
+    labels = tmp["test_lab"]
+    if min(labels.shape) == 1:
+        labels = labels.reshape(-1)
+    return tmp["test_fea"], labels

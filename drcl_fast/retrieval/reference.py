@@ -1,0 +1,138 @@
+"""Reference MAP evaluator: vectorised PyTorch, bounded memory.
+
+Every faster backend is checked against this file, so it favours being
+obviously right over being fast: each query chunk is ranked with a full
+stable sort and scored with cumulative sums, with no per-query Python loop.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_MAX_MEMORY = 256 * 2**20
+
+# Upper bound on the bytes one (query, gallery item) pair costs inside a chunk:
+# scores, sorted values and int64 indices from the sort, the relevance mask
+# (plus the float32 label product when multi-label), and the float64 cumsum /
+# precision temporaries over the top k.
+_BYTES_PER_PAIR = 64
+
+
+def _to_tensor(x: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return torch.as_tensor(np.asarray(x), device=device)
+
+
+def _common_device(query: Any, gallery: Any) -> torch.device:
+    # Labels usually arrive as numpy, so only the features decide the device.
+    devices = {x.device for x in (query, gallery) if isinstance(x, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"query is on {query.device} but gallery is on {gallery.device}; "
+                         f"move both to the same device")
+    return devices.pop() if devices else torch.device("cpu")
+
+
+def _check_features(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D (n, d) array of embeddings, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has no rows; pass at least one embedding")
+    # Low precision would create spurious ties; float64 is kept for users who ask for it.
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _check_labels(y: torch.Tensor, name: str, rows: int, features_name: str) -> torch.Tensor:
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.dim() not in (1, 2):
+        raise ValueError(f"{name} must be a vector of class ids (n,) or a 0/1 matrix (n, C), "
+                         f"got shape {tuple(y.shape)}")
+    if y.shape[0] != rows:
+        raise ValueError(f"{name} has {y.shape[0]} rows but {features_name} has {rows}; "
+                         f"pass one label row per embedding")
+    # float32 so the per-chunk label product can use a matmul on any device;
+    # counts of shared labels stay exact far beyond any realistic class count.
+    return (y != 0).float() if y.dim() == 2 else y
+
+
+def check_inputs(query: Any, query_labels: Any, gallery: Any, gallery_labels: Any,
+                 k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated tensors on one device: features in float32 (or float64), labels
+    as a class-id vector or a float32 0/1 matrix. Idempotent."""
+    if k is not None and k < 1:
+        raise ValueError(f"k must be None (MAP@all) or a positive int, got {k!r}")
+    device = _common_device(query, gallery)
+    q = _check_features(_to_tensor(query, device), "query")
+    g = _check_features(_to_tensor(gallery, device), "gallery")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query embeddings have width {q.shape[1]} but gallery embeddings have "
+                         f"width {g.shape[1]}; both must come from the same common space")
+    yq = _check_labels(_to_tensor(query_labels, device), "query_labels", q.shape[0], "query")
+    yg = _check_labels(_to_tensor(gallery_labels, device), "gallery_labels", g.shape[0], "gallery")
+    if yq.dim() != yg.dim():
+        kinds = {1: "class-id vector", 2: "multi-label matrix"}
+        raise ValueError(f"query_labels is a {kinds[yq.dim()]} but gallery_labels is a "
+                         f"{kinds[yg.dim()]}; pass both in the same form")
+    if yq.dim() == 2 and yq.shape[1] != yg.shape[1]:
+        raise ValueError(f"query_labels has {yq.shape[1]} classes but gallery_labels has "
+                         f"{yg.shape[1]}; both must use the same label space")
+    return q, yq, g, yg
+
+
+def average_precisions_from_scores(scores: torch.Tensor, relevant: torch.Tensor,
+                                   k: int | None = None, skip_empty: bool = False) -> torch.Tensor:
+    """Per-query AP (float64) of a (q, N) score matrix and (q, N) relevance mask.
+
+    Ties in `scores` rank by gallery index, lowest first. Queries with no relevant
+    item in the top k get AP 0, or NaN when `skip_empty` (multi-label convention).
+    """
+    n = scores.shape[1]
+    top = n if k is None else min(k, n)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top]
+    hit = relevant.gather(1, order)
+    # float64 counts are exact and make the precisions below float64 without a cast.
+    hits_so_far = hit.cumsum(1, dtype=torch.float64)
+    ranks = torch.arange(1, top + 1, dtype=torch.float64, device=scores.device)
+    precision_sum = torch.where(hit, hits_so_far / ranks, 0.0).sum(1)
+    found = hits_so_far[:, -1]
+    ap = precision_sum / found.clamp(min=1)
+    if skip_empty:
+        ap[found == 0] = float("nan")
+    return ap
+
+
+def auto_chunk_size(num_queries: int, gallery_size: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
+    """Queries per chunk so one chunk's working set stays under `max_memory` bytes."""
+    return max(1, min(num_queries, max_memory // (_BYTES_PER_PAIR * gallery_size)))
+
+
+def average_precisions(query: Any, query_labels: Any, gallery: Any, gallery_labels: Any,
+                       k: int | None = None, chunk_size: int | None = None,
+                       max_memory: int = DEFAULT_MAX_MEMORY) -> torch.Tensor:
+    """Per-query average precision (float64, on the inputs' device) of cosine retrieval.
+
+    `k=None` is MAP@all. Multi-label queries with no relevant item in the top k
+    are NaN (left out of the mean); single-label ones are 0 (counted).
+    """
+    q, yq, g, yg = check_inputs(query, query_labels, gallery, gallery_labels, k)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be None (automatic) or a positive int, got {chunk_size!r}")
+    multilabel = yq.dim() == 2
+    q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)
+    dtype = torch.promote_types(q.dtype, g.dtype)
+    q, g = q.to(dtype), g.to(dtype)
+    step = chunk_size or auto_chunk_size(q.shape[0], g.shape[0], max_memory)
+    aps = []
+    for start in range(0, q.shape[0], step):
+        rows = slice(start, start + step)
+        scores = q[rows] @ g.T
+        if multilabel:
+            relevant = (yq[rows] @ yg.T) > 0
+        else:
+            relevant = yq[rows, None] == yg[None, :]
+        aps.append(average_precisions_from_scores(scores, relevant, k, skip_empty=multilabel))
+    return torch.cat(aps)

@@ -1,0 +1,128 @@
+"""Reversible Semantic Consistency learning for one modality, with model selection."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from drcl_fast import ops
+from drcl_fast.modality import ModalityData, encode, shuffled_batches
+from drcl_fast.model import seeded_encoder
+from drcl_fast.progress import epoch_bar
+from drcl_fast.spl import ADAM_BETAS
+
+log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
+
+TERMS = ("J_L", "J_D", "J_MSE")
+
+
+@dataclass
+class RSCSettings:
+    """The hyperparameters of one modality's RSC run."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    hidden_dim: int
+    alpha: float = 0.1
+    beta: float = 0.1
+    eta: float = 1.0
+    gamma: float = 0.9
+    sample_interval: int = 1
+    seed: int = 1
+    backend: str = "auto"
+
+
+@dataclass
+class RSCResult:
+    """The selected epoch's test outputs and the run's history."""
+
+    modality: str
+    test_embeddings: np.ndarray       # F_k(X_test) at the selected epoch (n_test x D)
+    test_probabilities: np.ndarray    # softmax(F_k(X_test) W)
+    test_labels: np.ndarray
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    encoder_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def objective(terms: tuple[torch.Tensor, ...], s: RSCSettings) -> torch.Tensor:
+    j_l, j_d, j_mse = terms
+    return s.eta * j_l + s.alpha * j_d + s.beta * j_mse
+
+
+def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress: bool = True,
+              pinv: torch.Tensor | None = None) -> RSCResult:
+    """Train a fresh F_k against the frozen prior W; keep test outputs of the lowest validation loss."""
+    device = data.train_x.device
+    prior = prior.to(device=device, dtype=torch.float32)
+    pinv = (ops.prior_pinv(prior) if pinv is None else pinv).to(device)
+    encoder = seeded_encoder(data.input_dim, s.hidden_dim, prior.shape[0], s.seed, device)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=s.lr, betas=ADAM_BETAS)
+    generator = torch.Generator().manual_seed(s.seed)
+    best: RSCResult | None = None
+    history: list[dict[str, float]] = []
+
+    bar = epoch_bar(s.epochs, f"RSC {data.name}", progress)
+    for epoch in bar:
+        q = ops.gce_q(epoch + 1)
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # summed on device: no sync per batch
+        batches = 0
+        for idx in shuffled_batches(data.train_x.shape[0], s.batch_size, generator):
+            permutation = torch.randperm(idx.numel(), generator=generator).to(device)
+            idx = idx.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            mixed_f, mixed_t = ops.feature_mixup(encoder(data.train_x[idx]), data.train_t[idx], s.gamma, permutation)
+            terms = ops.drcl_loss_terms(mixed_f, mixed_t, mixed_f @ prior, pinv, q, backend=s.backend)
+            loss = objective(terms, s)
+            loss.backward()
+            optimizer.step()
+            sums += torch.stack([loss.detach(), *[t.detach() for t in terms]]).double()
+            batches += 1
+        means = (sums / max(batches, 1)).tolist()
+        record = {"epoch": epoch + 1, "J": means[0], **dict(zip(TERMS, means[1:]))}
+        if (epoch + 1) % s.sample_interval == 0:
+            record["val"] = validation_loss(encoder, data, prior, pinv, q, s)
+            if best is None or record["val"] < best.best_val_loss:
+                best = _selected_outputs(encoder, data, prior, epoch + 1, record["val"])
+            bar.set_postfix(J=f"{record['J']:.4f}", val=f"{record['val']:.4f}")
+        history.append(record)
+        log.info(_epoch_line(data.name, s.epochs, record, best))
+    if best is None:  # no epoch was sampled: keep the last one, as selection had nothing to compare
+        best = _selected_outputs(encoder, data, prior, s.epochs, float("nan"))
+    best.history = history
+    return best
+
+
+@torch.no_grad()
+def validation_loss(encoder: torch.nn.Module, data: ModalityData, prior: torch.Tensor,
+                    pinv: torch.Tensor, q: float, s: RSCSettings) -> float:
+    """J on the whole validation split, unmixed."""
+    f = encode(encoder, data.valid_x)
+    return float(objective(ops.drcl_loss_terms(f, data.valid_t, f @ prior, pinv, q, backend=s.backend), s))
+
+
+@torch.no_grad()
+def _selected_outputs(encoder: torch.nn.Module, data: ModalityData, prior: torch.Tensor,
+                      epoch: int, val_loss: float) -> RSCResult:
+    f = encode(encoder, data.test_x)
+    return RSCResult(
+        modality=data.name,
+        test_embeddings=f.cpu().numpy(),
+        test_probabilities=torch.softmax(f @ prior, dim=1).cpu().numpy(),
+        test_labels=data.test_labels,
+        best_epoch=epoch,
+        best_val_loss=val_loss,
+        encoder_state={k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()},
+    )
+
+
+def _epoch_line(name: str, epochs: int, r: dict[str, float], best: RSCResult | None) -> str:
+    line = (f"RSC {name} epoch {r['epoch']}/{epochs}: J={r['J']:.5f} J_L={r['J_L']:.5f} "
+            f"J_D={r['J_D']:.5f} J_MSE={r['J_MSE']:.6f}")
+    if "val" in r:
+        line += f" val={r['val']:.5f} (best {best.best_val_loss:.5f} @ {best.best_epoch})"
+    return line

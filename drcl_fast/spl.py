@@ -1,0 +1,93 @@
+"""Selective Prior Learning: learn a class prior W_k per modality, keep the best one."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from drcl_fast import ops
+from drcl_fast.modality import ModalityData, encode, shuffled_batches
+from drcl_fast.model import seeded_encoder
+from drcl_fast.progress import epoch_bar
+
+log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
+
+ADAM_BETAS = (0.5, 0.999)
+
+
+def initial_prior(output_dim: int, num_classes: int, seed: int) -> torch.Tensor:
+    """W0: the first C columns of a random D x D orthogonal matrix."""
+    generator = torch.Generator().manual_seed(seed)
+    square = torch.nn.init.orthogonal_(torch.empty(output_dim, output_dim), generator=generator)
+    return square[:, :num_classes].contiguous()
+
+
+@dataclass
+class SPLResult:
+    """What SPL learned on one modality."""
+
+    modality: str
+    best_prior: torch.Tensor          # W_k at the best-scoring epoch (D x C, CPU)
+    final_prior: torch.Tensor         # W_k after the last epoch (what the released code returns)
+    best_epoch: int                   # 1-based
+    scores: dict[int, float] = field(default_factory=dict)  # epoch (1-based) -> S_k(e)
+
+    @property
+    def best_score(self) -> float:
+        return self.scores[self.best_epoch]
+
+
+@torch.no_grad()
+def quality_score(encoder: torch.nn.Module, prior: torch.Tensor, x: torch.Tensor, targets: torch.Tensor) -> float:
+    """S_k: mean probability the model gives to the true classes, over the whole split."""
+    probabilities = torch.softmax(encode(encoder, x) @ prior, dim=1)
+    return float((probabilities * targets).sum(dim=1).mean())
+
+
+def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+                hidden_dim: int, sample_interval: int, seed: int, backend: str = "auto",
+                progress: bool = True) -> SPLResult:
+    """Train F_k and W_k (initialised at W0) with GCE; score S_k(e) after sampled epochs."""
+    device = data.train_x.device
+    encoder = seeded_encoder(data.input_dim, hidden_dim, w0.shape[0], seed, device)
+    prior = torch.nn.Parameter(w0.clone().to(device))
+    optimizer = torch.optim.Adam([*encoder.parameters(), prior], lr=lr, betas=ADAM_BETAS)
+    generator = torch.Generator().manual_seed(seed)
+    result = SPLResult(data.name, w0.clone(), w0.clone(), best_epoch=0)
+
+    bar = epoch_bar(epochs, f"SPL {data.name}", progress)
+    for epoch in bar:
+        q = ops.gce_q(epoch)
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: no sync per batch
+        batches = 0
+        for idx in shuffled_batches(data.train_x.shape[0], batch_size, generator):
+            idx = idx.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = ops.gce_loss(encoder(data.train_x[idx]) @ prior, data.train_t[idx], q, backend=backend)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().double()
+            batches += 1
+        line = f"SPL {data.name} epoch {epoch + 1}/{epochs}: gce={float(total) / max(batches, 1):.5f} q={q:.2f}"
+        if (epoch + 1) % sample_interval == 0:
+            score = quality_score(encoder, prior, data.train_x, data.train_t)
+            result.scores[epoch + 1] = score
+            if result.best_epoch == 0 or score > result.best_score:
+                result.best_epoch = epoch + 1
+                result.best_prior = prior.detach().cpu().clone()
+            line += f" score={score:.5f} (best {result.best_score:.5f} @ {result.best_epoch})"
+            bar.set_postfix(score=f"{score:.4f}")
+        log.info(line)
+    result.final_prior = prior.detach().cpu().clone()
+    return result
+
+
+def select_prior(results: list[SPLResult], released_slip: bool = False) -> tuple[int, torch.Tensor]:
+    """The modality with the largest S_k and its W_k (best epoch; final epoch with the released slip)."""
+    scored = [r for r in results if r.scores]
+    if not scored:
+        raise ValueError("SPL scored no epoch: sample_interval is larger than the number of SPL epochs")
+    choice = max(range(len(results)), key=lambda k: results[k].best_score if results[k].scores else float("-inf"))
+    chosen = results[choice]
+    return choice, (chosen.final_prior if released_slip else chosen.best_prior)
