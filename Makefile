@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/drcl-fast train --datasets mfeat --out $(DEMO_OUT) --overwrite
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -18,16 +18,15 @@ def load_dataset(name: str, data_root: str | Path = "datasets",
                  path: str | Path | None = None) -> MultiModalData:
     """Load a data set by name.
 
-    `mfeat` is bundled with the package; the released DRCL names are read from
-    `data_root`. Any other name needs `path`, a generic container (.npz, .h5,
-    .hdf5 or .mat, see generic.py); `path` is not consulted for the known names,
-    so one data_root/path pair can serve a list of names.
+    With `path`, a generic container (.npz, .h5, .hdf5 or .mat, see generic.py)
+    is read and `name` only names it. Otherwise `mfeat` is the bundled data and
+    the released DRCL names are read from `data_root`.
     """
+    if path is not None:
+        return load_generic(path, name)
     if name == "mfeat":
         return load_mfeat()
     if name in RELEASED:
         return RELEASED[name](data_root)
-    if path is not None:
-        return load_generic(path, name)
     raise DataError(f"unknown dataset {name!r}; known names: {', '.join(DATASETS)}. "
                     "For other data pass path= a generic container (.npz, .h5, .hdf5 or .mat)")

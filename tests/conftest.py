@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import pytest
+
+from drcl_fast.config import DRCLConfig
+from drcl_fast.data import load_mfeat
+
+
+@pytest.fixture(scope="session")
+def mfeat():
+    return load_mfeat()
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> DRCLConfig:
+    """A seconds-long run on the bundled data: small encoders, few epochs."""
+    return DRCLConfig.preset("mfeat", epochs=4, hidden_shape=32, output_shape=16, batch_size=200,
+                             out=str(tmp_path / "out"), quiet=True, device="cpu")

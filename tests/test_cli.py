@@ -1,0 +1,133 @@
+"""The command line and the drop-in Solver produce the released files and result lines."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io as sio
+
+from drcl_fast import Solver
+from drcl_fast.cli import main
+from drcl_fast.data import DataError
+from drcl_fast.flags import config_from_flags, str2bool
+from drcl_fast.outputs import OutputExistsError
+
+TINY = ["--datasets", "mfeat", "--epochs", "3", "--hidden_shape", "32", "--output-shape", "16",
+        "--batch_size", "200", "--device", "cpu"]
+RESULT_LINE = re.compile(r"^test resutls@(all|50): - mean: \d\.\d{5} - detail:(\d\.\d{5},){30}$", re.M)
+
+
+def test_train_writes_released_files_metrics_and_log(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert len(RESULT_LINE.findall(printed)) == 2, printed
+    assert "MAP@all" in printed and "query \\ gallery" in printed
+    assert sio.loadmat(out / "PriorW" / "W_16X10mfeat.mat")["W"].shape == (16, 10)
+    for k in range(6):
+        assert (out / "PriorW" / f"W_16X10mfeat{k}.mat").is_file()
+        mat = sio.loadmat(out / "features" / f"mfeat_{k}.mat")
+        assert {"test_fea", "test_lab", "test_pred"} <= set(mat)
+        assert mat["test_fea"].shape == (400, 16)
+        np.testing.assert_allclose(mat["test_pred"].sum(axis=1), 1.0, rtol=1e-5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"map_all", "map_50"}
+    assert len(metrics["map_all"]["directions"]) == 30 and "fou->fac" in metrics["map_all"]["directions"]
+    mean = np.mean(list(metrics["map_all"]["directions"].values()))
+    assert metrics["map_all"]["mean"] == pytest.approx(mean)
+    log = (out / "logging" / "mfeat.log").read_text()
+    assert "RSC fou epoch 3/3: J=" in log and "J_D=" in log and "SPL mor epoch 1/3" in log
+    assert len(RESULT_LINE.findall("\n".join(l.split(" - INFO - ")[-1] for l in log.splitlines()))) == 2
+
+
+def test_second_run_needs_overwrite(tmp_path):
+    args = ["train", *TINY, "--out", str(tmp_path), "--quiet"]
+    main(args)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        main(args)
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_quiet_prints_only_the_result_lines(tmp_path, capsys):
+    main(["train", *TINY, "--out", str(tmp_path), "--quiet"])
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 2 and all(RESULT_LINE.match(l) for l in lines)
+    assert captured.err == ""
+
+
+def test_default_dataset_is_wiki_and_its_absence_points_to_mfeat(tmp_path):
+    with pytest.raises(DataError) as err:
+        main(["train", "--data_root", str(tmp_path / "datasets"), "--out", str(tmp_path)])
+    assert "wiki.mat" in str(err.value) and str(tmp_path / "datasets") in str(err.value)
+    assert "--datasets mfeat" in str(err.value)
+
+
+def test_released_flag_defaults_and_meanings():
+    parser = argparse.ArgumentParser()
+    from drcl_fast.flags import add_train_flags
+    add_train_flags(parser)
+    cfg = config_from_flags(parser.parse_args([]))
+    assert (cfg.datasets, cfg.batch_size, cfg.output_shape, cfg.hidden_shape, cfg.epochs) == ("wiki", 1024, 2048, 4096, 200)
+    assert (cfg.alpha, cfg.beta, cfg.eta, cfg.gamma, cfg.lr_SPL, cfg.seed) == (0.1, 0.1, 1.0, 0.9, 5e-4, 1)
+    assert cfg.lr == [6e-6, 5e-3] and cfg.prior == "file"          # released: --wselect False reads PriorW/
+    assert config_from_flags(parser.parse_args(["--wselect", "True"])).prior == "spl"
+    assert config_from_flags(parser.parse_args(["--wselect"])).prior == "spl"
+    assert config_from_flags(parser.parse_args(["--wselect", "False"])).prior == "file"
+    assert config_from_flags(parser.parse_args(["--datasets", "xmedia"])).epochs == 300
+    assert config_from_flags(parser.parse_args(["--lr-spl", "1e-3", "--view-id", "1"])).lr_SPL == 1e-3
+    assert config_from_flags(parser.parse_args(["--datasets", "mfeat"])).prior == "spl"
+    assert config_from_flags(parser.parse_args(["--prior", "w0", "--wselect"])).prior == "w0"
+    with pytest.raises(argparse.ArgumentTypeError):
+        str2bool("maybe")
+
+
+def test_solver_accepts_the_released_namespace(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    released = argparse.Namespace(
+        just_val=False, running_time=False, lr=[1e-3] * 6, lr_SPL=5e-4, wselect=True, batch_size=200,
+        output_shape=16, alpha=0.1, beta=0.1, eta=1, gamma=0.9, datasets="mfeat", view_id=-1, gpu_id=0,
+        sample_interval=1, epochs=2, seed=1)
+    released.hidden_shape, released.quiet = 32, True        # optional new flags
+    import logging
+    maps = Solver(released, logging.getLogger("test")).train()
+    assert maps.shape == (6, 6) and np.isnan(np.diag(maps)).all()
+    assert (tmp_path / "PriorW" / "W_16X10mfeat.mat").is_file()          # the released code's cwd layout
+    assert all((tmp_path / "features" / f"mfeat_{k}.mat").is_file() for k in range(6))
+    assert len(RESULT_LINE.findall(capsys.readouterr().out)) == 2
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "drcl_fast", "train", *TINY, "--epochs", "1",
+                          "--out", str(tmp_path), "--quiet"], capture_output=True, text=True, cwd=repo)
+    assert run.returncode == 0, run.stderr
+    assert len(RESULT_LINE.findall(run.stdout)) == 2
+
+
+def test_generic_multilabel_container_trains_end_to_end(tmp_path, capsys):
+    from drcl_fast.data import MultiModalData, Split, save_generic
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 12))
+
+    def split(n):
+        y = (rng.random((n, 5)) < 0.3).astype(np.float32)
+        y[np.arange(n), rng.integers(0, 5, n)] = 1          # at least one label each
+        xs = [y @ centres + 0.3 * rng.normal(size=(n, 12)), (y @ centres)[:, ::-1] + 0.3 * rng.normal(size=(n, 12))]
+        return Split(xs, [y, y])
+
+    path = tmp_path / "toy.h5"
+    save_generic(path, MultiModalData("toy", ["img", "txt"], split(300), split(60), split(80)))
+    main(["train", "--datasets", "toy", "--data_path", str(path), "--wselect", "--epochs", "6",
+          "--hidden_shape", "32", "--output_shape", "16", "--batch_size", "50", "--lr", "1e-3", "1e-3",
+          "--device", "cpu", "--out", str(tmp_path / "run"), "--quiet"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["map_all"]["directions"]) == {"img->txt", "txt->img"}
+    assert metrics["map_all"]["mean"] > 0.6          # random multi-label ranking here is about 0.45
+    assert sio.loadmat(tmp_path / "run" / "features" / "toy_0.mat")["test_lab"].shape == (80, 5)

@@ -1,0 +1,116 @@
+"""End to end on the bundled mfeat data: training quality, determinism, ablations, outputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io as sio
+import torch
+
+from drcl_fast import DRCL
+from drcl_fast.outputs import OutputExistsError
+from drcl_fast.spl import initial_prior
+from drcl_fast.trainer import fit
+
+
+def test_short_training_beats_random_retrieval_by_far(mfeat, tiny_config):
+    result = fit(mfeat, tiny_config.replace(epochs=8, hidden_shape=64), progress=False)
+    map_all, map_50 = result.metrics
+    assert len(map_all.directions) == 30
+    # Random ranking of 10 balanced classes gives MAP@all of about 0.1.
+    assert map_all.mean > 0.5, map_all.directions
+    assert min(map_all.directions.values()) > 0.25
+    assert map_50.k == 50 and map_50.mean > 0.5
+
+
+def test_same_seed_gives_identical_metrics(mfeat, tiny_config, tmp_path):
+    a = fit(mfeat, tiny_config.replace(out=str(tmp_path / "a")), progress=False)
+    b = fit(mfeat, tiny_config.replace(out=str(tmp_path / "b")), progress=False)
+    assert a.metrics[0].directions == b.metrics[0].directions
+    assert all(np.array_equal(a.rsc[k].test_embeddings, b.rsc[k].test_embeddings) for k in a.rsc)
+    c = fit(mfeat, tiny_config.replace(out=str(tmp_path / "c"), seed=2), progress=False)
+    assert c.metrics[0].directions != a.metrics[0].directions
+
+
+def test_spl_scores_choice_and_best_epoch_prior_are_readable(mfeat, tiny_config):
+    result = fit(mfeat, tiny_config, progress=False)
+    assert len(result.spl) == 6
+    for r in result.spl:
+        assert sorted(r.scores) == [1, 2, 3, 4]
+        assert r.best_score == max(r.scores.values())
+        assert all(0.0 < s <= 1.0 for s in r.scores.values())
+    best = max(range(6), key=lambda k: result.spl[k].best_score)
+    assert result.spl_choice == best
+    assert torch.equal(result.prior, result.spl[best].best_prior)
+    assert result.prior_source == f"spl:{mfeat.modalities[best]}"
+    saved = sio.loadmat(f"{tiny_config.out}/PriorW/W_16X10mfeat.mat")["W"]
+    np.testing.assert_array_equal(saved, result.prior.numpy())
+    for k in range(6):
+        per_view = sio.loadmat(f"{tiny_config.out}/PriorW/W_16X10mfeat{k}.mat")["W"]
+        np.testing.assert_array_equal(per_view, result.spl[k].best_prior.numpy())
+
+
+def test_released_prior_slip_keeps_the_final_epoch(mfeat, tiny_config):
+    result = fit(mfeat, tiny_config.replace(released_prior_slip=True), progress=False)
+    assert torch.equal(result.prior, result.spl[result.spl_choice].final_prior)
+
+
+def test_without_spl_uses_w0(mfeat, tiny_config):
+    result = fit(mfeat, tiny_config.replace(prior="w0"), progress=False)
+    assert result.spl == [] and result.prior_source == "w0"
+    assert torch.equal(result.prior, initial_prior(16, 10, tiny_config.seed))
+
+
+def test_without_mrr_and_without_fa_still_train(mfeat, tiny_config, tmp_path):
+    no_mrr = fit(mfeat, tiny_config.replace(prior="w0", alpha=0.0, beta=0.0, out=str(tmp_path / "m")),
+                 progress=False)
+    no_fa = fit(mfeat, tiny_config.replace(prior="w0", gamma=1.0, out=str(tmp_path / "f")), progress=False)
+    full = fit(mfeat, tiny_config.replace(prior="w0", out=str(tmp_path / "x")), progress=False)
+    for run in (no_mrr, no_fa):
+        assert run.metrics[0].mean > 0.3
+        assert run.metrics[0].directions != full.metrics[0].directions
+    assert all(h["J"] == pytest.approx(h["J_L"]) for r in no_mrr.rsc.values() for h in r.history)
+
+
+def test_given_prior_file_and_a_single_view(mfeat, tiny_config, tmp_path):
+    prior = initial_prior(16, 10, seed=7).numpy()
+    path = tmp_path / "prior.mat"
+    sio.savemat(path, {"W": prior})
+    result = fit(mfeat, tiny_config.replace(prior=str(path), view_id=2), progress=False)
+    np.testing.assert_array_equal(result.prior.numpy(), prior)
+    assert list(result.rsc) == [2] and result.metrics == []     # the other views have no features yet
+    features = sio.loadmat(f"{tiny_config.out}/features/mfeat_2.mat")
+    assert features["test_fea"].shape == (400, 16) and features["test_pred"].shape == (400, 10)
+    np.testing.assert_array_equal(features["test_lab"].reshape(-1), mfeat.test.labels[2])
+
+
+def test_view_runs_one_by_one_then_evaluate_all(mfeat, tiny_config):
+    fit(mfeat, tiny_config.replace(prior="w0"), progress=False)                  # writes all features
+    again = fit(mfeat, tiny_config.replace(prior="w0", view_id=0, overwrite=True), progress=False)
+    assert list(again.rsc) == [0] and len(again.metrics) == 2                    # 1..5 read from disk
+
+
+def test_prior_file_of_the_wrong_shape_is_refused(mfeat, tiny_config, tmp_path):
+    path = tmp_path / "prior.mat"
+    sio.savemat(path, {"W": np.zeros((16, 9), dtype=np.float32)})
+    with pytest.raises(ValueError, match="16 x 10"):
+        fit(mfeat, tiny_config.replace(prior=str(path)), progress=False)
+
+
+def test_existing_outputs_are_not_overwritten_without_permission(mfeat, tiny_config):
+    fit(mfeat, tiny_config.replace(prior="w0"), progress=False)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        fit(mfeat, tiny_config.replace(prior="w0"), progress=False)
+    fit(mfeat, tiny_config.replace(prior="w0", overwrite=True), progress=False)
+
+
+def test_fewer_rows_than_a_batch_is_refused_before_training(mfeat, tiny_config):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        fit(mfeat, tiny_config.replace(batch_size=5000), progress=False)
+
+
+def test_modern_api_encodes_with_the_selected_encoder(mfeat, tiny_config):
+    model = DRCL(tiny_config.replace(prior="w0")).fit(mfeat)
+    emb = model.encode("pix", mfeat.test.features[3])
+    np.testing.assert_allclose(emb.numpy(), model.result.rsc[3].test_embeddings, rtol=1e-5, atol=1e-6)
+    assert model.encode(3, mfeat.test.features[3][:2]).shape == (2, 16)
+    assert model.metrics[0].mean > 0.3
