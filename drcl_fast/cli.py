@@ -24,7 +24,7 @@ def run_train(args: argparse.Namespace) -> int:
     from drcl_fast.solver import Solver
 
     logger = setup_run_logging(args.out, args.datasets, args.quiet)
-    logger.info("arguments: %s", vars(args))
+    logger.debug("arguments: %s", vars(args))
     solver = Solver(args, logging.getLogger("drcl_fast.results"))
     solver.train()
     metrics = solver.result.metrics

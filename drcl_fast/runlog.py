@@ -21,7 +21,7 @@ class _FileOnly(logging.Filter):
 def setup_run_logging(out: str | Path, dataset: str, quiet: bool) -> logging.Logger:
     """Log to `out/logging/{dataset}.log` (appending, as the released code does) and the console."""
     logger = logging.getLogger("drcl_fast")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # DEBUG lines (the arguments) reach the file only
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
@@ -32,6 +32,7 @@ def setup_run_logging(out: str | Path, dataset: str, quiet: bool) -> logging.Log
     logger.addHandler(file_handler)
     if not quiet:
         console = logging.StreamHandler()
+        console.setLevel(logging.INFO)
         console.setFormatter(logging.Formatter("%(message)s"))
         console.addFilter(_FileOnly())
         logger.addHandler(console)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drcl_fast import outputs
+from drcl_fast import ops, outputs
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.modality import ModalityData
@@ -69,6 +69,7 @@ def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResu
     _check(cfg, data, views)
     outputs.refuse_overwrite(planned_outputs(cfg, data, views), cfg.overwrite)
     device = resolve_device(cfg.device)
+    ops.check_backend(cfg.backend, device)
     lrs = cfg.learning_rates(data.num_modalities)
     log.info("dataset %s: %d modalities %s, %d classes (%s), D=%d, H=%d, device %s",
              data.name, data.num_modalities, data.modalities, data.num_classes,

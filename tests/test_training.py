@@ -114,3 +114,9 @@ def test_modern_api_encodes_with_the_selected_encoder(mfeat, tiny_config):
     np.testing.assert_allclose(emb.numpy(), model.result.rsc[3].test_embeddings, rtol=1e-5, atol=1e-6)
     assert model.encode(3, mfeat.test.features[3][:2]).shape == (2, 16)
     assert model.metrics[0].mean > 0.3
+
+
+def test_unavailable_backend_is_refused_before_training(mfeat, tiny_config):
+    from drcl_fast.backends import BackendError
+    with pytest.raises(BackendError, match="triton"):
+        fit(mfeat, tiny_config.replace(backend="triton"), progress=False)

@@ -14,7 +14,13 @@ from drcl_fast.ops.reference import feature_mixup, gce_q, prior_pinv
 _GCE = {"torch": reference.gce_loss}
 _DRCL_TERMS = {"torch": reference.drcl_loss_terms}
 
-__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "prior_pinv", "feature_mixup", "gce_q"]
+__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "prior_pinv", "feature_mixup", "gce_q", "check_backend"]
+
+
+def check_backend(backend: str, device: torch.device | str) -> None:
+    """Raise BackendError now, not mid-training, if an op cannot run `backend` on `device`."""
+    choose("gce_loss", backend, device, _GCE)
+    choose("drcl_loss", backend, device, _DRCL_TERMS)
 
 
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float, backend: str = "auto") -> torch.Tensor:
