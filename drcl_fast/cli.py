@@ -35,10 +35,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from drcl_fast.backends import BackendError
+    from drcl_fast.outputs import OutputExistsError
+    try:
         return run_train(args)
-    return 2
+    except (ValueError, OutputExistsError, BackendError) as error:
+        # A problem with the input or the setup: say what and where, without a traceback.
+        parser.exit(2, f"drcl-fast {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
     return device
 
 

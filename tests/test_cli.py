@@ -14,9 +14,7 @@ import scipy.io as sio
 
 from drcl_fast import Solver
 from drcl_fast.cli import main
-from drcl_fast.data import DataError
 from drcl_fast.flags import config_from_flags, str2bool
-from drcl_fast.outputs import OutputExistsError
 
 TINY = ["--datasets", "mfeat", "--epochs", "3", "--hidden_shape", "32", "--output-shape", "16",
         "--batch_size", "200", "--device", "cpu"]
@@ -46,11 +44,20 @@ def test_train_writes_released_files_metrics_and_log(tmp_path, capsys):
     assert len(RESULT_LINE.findall("\n".join(l.split(" - INFO - ")[-1] for l in log.splitlines()))) == 2
 
 
-def test_second_run_needs_overwrite(tmp_path):
+def fails_with(argv, capsys) -> str:
+    """Run the CLI expecting a clean error: exit status 2, a message, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("drcl-fast train: error: ") and "Traceback" not in err
+    return err
+
+
+def test_second_run_needs_overwrite(tmp_path, capsys):
     args = ["train", *TINY, "--out", str(tmp_path), "--quiet"]
     main(args)
-    with pytest.raises(OutputExistsError, match="--overwrite"):
-        main(args)
+    assert "--overwrite" in fails_with(args, capsys)
     assert main(args + ["--overwrite"]) == 0
 
 
@@ -62,11 +69,18 @@ def test_quiet_prints_only_the_result_lines(tmp_path, capsys):
     assert captured.err == ""
 
 
-def test_default_dataset_is_wiki_and_its_absence_points_to_mfeat(tmp_path):
-    with pytest.raises(DataError) as err:
-        main(["train", "--data_root", str(tmp_path / "datasets"), "--out", str(tmp_path)])
-    assert "wiki.mat" in str(err.value) and str(tmp_path / "datasets") in str(err.value)
-    assert "--datasets mfeat" in str(err.value)
+def test_default_dataset_is_wiki_and_its_absence_points_to_mfeat(tmp_path, capsys):
+    err = fails_with(["train", "--data_root", str(tmp_path / "datasets"), "--out", str(tmp_path)], capsys)
+    assert "wiki.mat" in err and str(tmp_path / "datasets") in err
+    assert "--datasets mfeat" in err
+
+
+def test_bad_arguments_are_reported_without_traceback(tmp_path, capsys):
+    out = ["--out", str(tmp_path), "--quiet"]
+    assert "--view_id 6 is out of range" in fails_with(["train", *TINY, "--view_id", "6", *out], capsys)
+    assert "6 modalities" in fails_with(["train", *TINY, "--lr", "1e-3", "1e-3", *out], capsys)
+    assert "triton" in fails_with(["train", *TINY, "--backend", "triton", *out], capsys)
+    assert "prior" in fails_with(["train", *TINY, "--prior", str(tmp_path / "nope.mat"), *out], capsys)
 
 
 def test_released_flag_defaults_and_meanings():
