@@ -54,6 +54,15 @@ def objective(terms: tuple[torch.Tensor, ...], s: RSCSettings) -> torch.Tensor:
     return s.eta * j_l + s.alpha * j_d + s.beta * j_mse
 
 
+def batch_loss(encoder: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor,
+               prior: torch.Tensor, pinv: torch.Tensor, q: float, s: RSCSettings
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """J of one training batch and its terms: encode, Mixup, project by W, recast, loss."""
+    mixed_f, mixed_t = ops.feature_mixup(encoder(x), targets, s.gamma, permutation)
+    terms = ops.drcl_loss_terms(mixed_f, mixed_t, mixed_f @ prior, pinv, q, backend=s.backend)
+    return objective(terms, s), terms
+
+
 def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress: bool = True,
               pinv: torch.Tensor | None = None) -> RSCResult:
     """Train a fresh F_k against the frozen prior W; keep test outputs of the lowest validation loss."""
@@ -75,9 +84,7 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
             permutation = torch.randperm(idx.numel(), generator=generator).to(device)
             idx = idx.to(device)
             optimizer.zero_grad(set_to_none=True)
-            mixed_f, mixed_t = ops.feature_mixup(encoder(data.train_x[idx]), data.train_t[idx], s.gamma, permutation)
-            terms = ops.drcl_loss_terms(mixed_f, mixed_t, mixed_f @ prior, pinv, q, backend=s.backend)
-            loss = objective(terms, s)
+            loss, terms = batch_loss(encoder, data.train_x[idx], data.train_t[idx], permutation, prior, pinv, q, s)
             loss.backward()
             optimizer.step()
             sums += torch.stack([loss.detach(), *[t.detach() for t in terms]]).double()

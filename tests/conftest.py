@@ -1,9 +1,18 @@
 from __future__ import annotations
 
-import pytest
+import os
 
-from drcl_fast.config import DRCLConfig
-from drcl_fast.data import load_mfeat
+import torch
+
+# Triton kernels run on CPU tensors under the interpreter; it must be chosen
+# before any kernel module imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from drcl_fast.config import DRCLConfig  # noqa: E402
+from drcl_fast.data import load_mfeat  # noqa: E402
 
 
 @pytest.fixture(scope="session")
