@@ -11,17 +11,20 @@ from typing import Callable, Mapping
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton", "cpp")
+from drcl_fast.errors import BackendError
+
+# "restructured": PyTorch rewritten by algebra (the RSC loss in C-space), for any device.
+BACKENDS = ("auto", "torch", "triton", "cpp", "restructured")
+
+# An op with no implementation of its own under these names runs the one named here:
+# algebra restructures the loss only, so every other op keeps its reference under it.
+STAND_INS = {"restructured": "torch"}
 
 # Fastest first. "torch" closes every list, so "auto" always finds something.
 AUTO_PREFERENCE = {
-    "cuda": ("triton", "torch"),
-    "cpu": ("cpp", "torch"),
+    "cuda": ("triton", "restructured", "torch"),
+    "cpu": ("cpp", "restructured", "torch"),
 }
-
-
-class BackendError(RuntimeError):
-    """A backend was asked for that does not exist or cannot run here."""
 
 
 _already_said: set[tuple[str, str]] = set()
@@ -50,7 +53,7 @@ def choose(op: str, backend: str, device: torch.device | str,
     check_backend_name(backend)
     device_type = torch.device(device).type
     if backend != "auto":
-        fn = impls.get(backend)
+        fn = impls.get(backend if backend in impls else STAND_INS.get(backend, backend))
         if fn is None:
             have = [name for name, f in impls.items() if f is not None]
             raise BackendError(

@@ -1,4 +1,4 @@
-"""`drcl-fast train ...` (also `python -m drcl_fast train ...`)."""
+"""`drcl-fast train ...` and `drcl-fast eval ...` (also `python -m drcl_fast ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import logging
 import sys
 
 from drcl_fast.flags import add_train_flags
+from drcl_fast.retrieval.eval_cli import add_eval_flags, run_eval
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train DRCL and evaluate MAP (the released main.py)",
                                 description="Train DRCL on a dataset: SPL, RSC per modality, MAP@all and MAP@50.")
     add_train_flags(train)
+    evaluate = commands.add_parser("eval", help="MAP (and precision-recall) of saved embeddings",
+                                   description="Evaluate saved test embeddings: every direction, MAP@all and MAP@50.")
+    add_eval_flags(evaluate)
     return parser
 
 
@@ -37,11 +41,10 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from drcl_fast.backends import BackendError
-    from drcl_fast.outputs import OutputExistsError
+    from drcl_fast.errors import DRCLError
     try:
-        return run_train(args)
-    except (ValueError, OutputExistsError, BackendError) as error:
+        return run_eval(args) if args.command == "eval" else run_train(args)
+    except DRCLError as error:
         # A problem with the input or the setup: say what and where, without a traceback.
         parser.exit(2, f"drcl-fast {args.command}: error: {error}\n")
 

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from drcl_fast.errors import ConfigError
+
 # The released main.py's --lr default; the released code indexes it by view.
 RELEASED_LR = (6e-6, 5e-3, 8e-4, 3e-3, 4e-4)
 
@@ -46,6 +48,9 @@ class DRCLConfig:
     out: str = "."
     overwrite: bool = False
     quiet: bool = False
+    checkpoint_every: int | None = None    # epochs between checkpoints; None: about once a minute; 0: none
+    resume: bool = False                   # continue from the checkpoint of an interrupted run
+    deterministic: bool = False            # deterministic GPU kernels (CPU runs are always reproducible)
     extra: dict[str, Any] = field(default_factory=dict)  # released flags with no effect here
 
     @classmethod
@@ -56,12 +61,13 @@ class DRCLConfig:
         return cls(datasets=dataset, **base)
 
     def learning_rates(self, num_modalities: int) -> list[float]:
-        lrs = list(self.lr) if self.lr is not None else list(RELEASED_LR)
-        if len(lrs) < num_modalities:
-            raise ValueError(
-                f"--lr gives {len(lrs)} learning rate(s) for {num_modalities} modalities of "
-                f"{self.datasets!r}; pass one per modality, e.g. --lr " + " ".join(["1e-4"] * num_modalities))
-        return lrs[:num_modalities]
+        """One RSC rate per modality: `lr`, else the released default list (indexed by view, as there)."""
+        if self.lr is not None:
+            return list(self.lr)
+        if num_modalities > len(RELEASED_LR):
+            raise ConfigError(f"{self.datasets!r} has {num_modalities} modalities and no published learning "
+                              f"rates; pass --lr with one rate per modality")
+        return list(RELEASED_LR[:num_modalities])
 
     @property
     def spl_epoch_count(self) -> int:

@@ -8,6 +8,7 @@ import argparse
 from typing import Any
 
 from drcl_fast.config import PRESETS, DRCLConfig
+from drcl_fast.errors import ConfigError
 
 # Released flags kept for compatibility that change nothing here.
 INERT_FLAGS = ("gpu_id", "just_val", "running_time")
@@ -69,6 +70,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(n, "released_prior_slip", default=False, help="keep SPL's final-epoch W_k as the released code does",
           **boolean)
     _flag(n, "overwrite", action="store_true", help="replace existing output files")
+    _flag(n, "checkpoint_every", type=int, default=None,
+          help="epochs between checkpoints in --out/checkpoints (default: about once a minute; 0: none)")
+    _flag(n, "resume", action="store_true", help="continue an interrupted run from its checkpoint (same flags)")
+    _flag(n, "deterministic", action="store_true", help="deterministic GPU kernels (slower; CPU runs always are)")
     _flag(n, "quiet", action="store_true", help="no progress bars or log lines on the console")
 
 
@@ -84,14 +89,19 @@ def config_from_flags(ns: argparse.Namespace) -> DRCLConfig:
         if torch.cuda.is_available():
             given["device"] = f"cuda:{flags['gpu_id']}"
     given["extra"] = {k: flags[k] for k in INERT_FLAGS if k in flags}
+    if flags.get("resume") and flags.get("overwrite"):
+        raise ConfigError("--resume continues a run and --overwrite starts it over; give one of them")
     given.pop("datasets")
     return DRCLConfig.preset(dataset, **given)
 
 
 def _prior_choice(flags: dict[str, Any], dataset: str) -> str:
-    if flags.get("prior") is not None:
-        return flags["prior"]
     wselect = flags.get("wselect")
+    if flags.get("prior") is not None:
+        if wselect is not None and wselect != (flags["prior"] == "spl"):
+            raise ConfigError(f"--prior {flags['prior']} contradicts --wselect {wselect}: --wselect True "
+                              f"means --prior spl, False means --prior file; give one of them")
+        return flags["prior"]
     if wselect is None:  # released default False, except where no released prior file can exist
         wselect = PRESETS.get(dataset, {}).get("wselect", False)
     return "spl" if wselect else "file"

@@ -16,12 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 import scipy.io as sio
+import torch
 
-from drcl_fast.data.container import DataError
-
-
-class OutputExistsError(FileExistsError):
-    """A run would overwrite files that are already there."""
+from drcl_fast.data.generic import ArrayFile, label_rows
+from drcl_fast.errors import DataError, OutputExistsError
 
 
 def prior_path(out: str | Path, dataset: str, output_dim: int, num_classes: int, k: int | None = None) -> Path:
@@ -77,20 +75,21 @@ def load_prior_file(path: str | Path, output_dim: int, num_classes: int) -> np.n
     if not path.is_file():
         raise DataError(f"prior file {path} does not exist; learn one with --wselect True "
                         f"(SPL), or pass --prior w0 to use the random orthogonal W0")
-    if path.suffix == ".npy":
-        prior = np.load(path)
-    elif path.suffix == ".pt":
-        import torch
-        prior = torch.load(path, map_location="cpu", weights_only=True).numpy()
-    else:
+    if path.suffix in (".npy", ".pt"):
         try:
-            prior = sio.loadmat(str(path))["W"]
-        except KeyError:
-            raise DataError(f"prior file {path} has no key 'W'") from None
+            prior = (np.load(path, allow_pickle=False) if path.suffix == ".npy"
+                     else torch.load(path, map_location="cpu", weights_only=True).numpy())
+        except Exception as err:  # numpy and torch raise many types for a damaged file
+            raise DataError(f"cannot read prior file {path}: {err}") from err
+    else:
+        with ArrayFile(path) as f:
+            prior = f["W"]
     prior = np.asarray(prior, dtype=np.float32)
     if prior.shape != (output_dim, num_classes):
-        raise DataError(f"prior file {path} holds a {prior.shape[0]} x {prior.shape[1]} matrix; this run "
+        raise DataError(f"prior file {path} holds a {' x '.join(map(str, prior.shape))} matrix; this run "
                         f"needs D x C = {output_dim} x {num_classes} (--output_shape and the dataset's classes)")
+    if not np.isfinite(prior).all():
+        raise DataError(f"prior file {path} holds NaN or Inf")
     return prior
 
 
@@ -99,8 +98,5 @@ def load_features(out: str | Path, dataset: str, k: int) -> tuple[np.ndarray, np
     path = features_path(out, dataset, k)
     if not path.is_file():
         raise DataError(f"{path} does not exist: train modality {k} first (--view_id {k})")
-    tmp = sio.loadmat(str(path))
-    labels = tmp["test_lab"]
-    if min(labels.shape) == 1:
-        labels = labels.reshape(-1)
-    return tmp["test_fea"], labels
+    with ArrayFile(path) as f:
+        return f["test_fea"], label_rows(f["test_lab"])

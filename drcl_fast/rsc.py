@@ -1,21 +1,26 @@
 """Reversible Semantic Consistency learning for one modality, with model selection."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from drcl_fast import ops
+from drcl_fast.errors import NonFiniteLossError
 from drcl_fast.modality import ModalityData, encode, shuffled_batches
-from drcl_fast.model import seeded_encoder
+from drcl_fast.model import Encoder, seeded_encoder
 from drcl_fast.progress import epoch_bar
-from drcl_fast.spl import ADAM_BETAS
+from drcl_fast.spl import ADAM_BETAS, EpochHook
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
 
 TERMS = ("J_L", "J_D", "J_MSE")
+NEVER = 2 ** 62  # first_bad value of a term that stayed finite all epoch
 
 
 @dataclass
@@ -48,24 +53,46 @@ class RSCResult:
     history: list[dict[str, float]] = field(default_factory=list)
     encoder_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    ARRAYS: ClassVar[tuple[str, ...]] = ("test_embeddings", "test_probabilities", "test_labels")
+
+    def to_state(self) -> dict[str, Any]:
+        """Tensors and plain values only, so checkpoints load with weights_only=True."""
+        state = dataclasses.asdict(self)
+        state.update({name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in self.ARRAYS})
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "RSCResult":
+        return cls(**{**state, **{name: state[name].numpy() for name in cls.ARRAYS}})
+
 
 def objective(terms: tuple[torch.Tensor, ...], s: RSCSettings) -> torch.Tensor:
     j_l, j_d, j_mse = terms
     return s.eta * j_l + s.alpha * j_d + s.beta * j_mse
 
 
-def batch_loss(encoder: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor,
+def batch_loss(encoder: Encoder, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor,
                prior: torch.Tensor, pinv: torch.Tensor, q: float, s: RSCSettings
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """J of one training batch and its terms: encode, Mixup, project by W, recast, loss."""
-    mixed_f, mixed_t = ops.feature_mixup(encoder(x), targets, s.gamma, permutation)
-    terms = ops.drcl_loss_terms(mixed_f, mixed_t, mixed_f @ prior, pinv, q, backend=s.backend)
+    """J of one training batch and its terms: encode, Mixup, project by W, recast, loss.
+
+    `s.backend` runs the whole chain: with "triton", the encoder's layers, Mixup and
+    the projection are fused kernels as well as the loss.
+    """
+    mixed_f, logits = encoder.mixed_forward(x, permutation, s.gamma, prior, s.backend)
+    mixed_t = ops.mix_rows(targets, s.gamma, permutation)
+    terms = ops.drcl_loss_terms(mixed_f, mixed_t, logits, pinv, q, backend=s.backend)
     return objective(terms, s), terms
 
 
 def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress: bool = True,
-              pinv: torch.Tensor | None = None) -> RSCResult:
-    """Train a fresh F_k against the frozen prior W; keep test outputs of the lowest validation loss."""
+              pinv: torch.Tensor | None = None, resume: dict[str, Any] | None = None,
+              on_epoch: EpochHook | None = None) -> RSCResult:
+    """Train a fresh F_k against the frozen prior W; keep test outputs of the lowest validation loss.
+
+    `on_epoch(epoch, snapshot)` runs after every epoch; `snapshot()` returns the
+    state that `resume` takes to continue from that epoch bit for bit.
+    """
     device = data.train_x.device
     prior = prior.to(device=device, dtype=torch.float32)
     pinv = (ops.prior_pinv(prior) if pinv is None else pinv).to(device)
@@ -74,11 +101,26 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     generator = torch.Generator().manual_seed(s.seed)
     best: RSCResult | None = None
     history: list[dict[str, float]] = []
+    start = 0
+    if resume is not None:
+        encoder.load_state_dict(resume["encoder"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        best = None if resume["best"] is None else RSCResult.from_state(resume["best"])
+        history, start = list(resume["history"]), resume["epoch"]
 
-    bar = epoch_bar(s.epochs, f"RSC {data.name}", progress)
+    def snapshot() -> dict[str, Any]:
+        return {"epoch": epoch + 1, "encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "history": history,
+                "best": None if best is None else best.to_state()}
+
+    bar = epoch_bar(s.epochs, f"RSC {data.name}", progress, start)
     for epoch in bar:
         q = ops.gce_q(epoch + 1)
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # summed on device: no sync per batch
+        # Kept on the device, so no batch waits for the host: term sums, and the first batch
+        # at which each term stopped being finite (a NaN spreads to every term a batch later).
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        first_bad = torch.full((len(TERMS),), NEVER, device=device)
         batches = 0
         for idx in shuffled_batches(data.train_x.shape[0], s.batch_size, generator):
             permutation = torch.randperm(idx.numel(), generator=generator).to(device)
@@ -87,21 +129,41 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
             loss, terms = batch_loss(encoder, data.train_x[idx], data.train_t[idx], permutation, prior, pinv, q, s)
             loss.backward()
             optimizer.step()
-            sums += torch.stack([loss.detach(), *[t.detach() for t in terms]]).double()
+            values = torch.stack([t.detach() for t in terms])
+            sums += torch.cat([loss.detach().reshape(1), values]).double()
+            first_bad = torch.where(torch.isfinite(values), first_bad, first_bad.clamp(max=batches + 1))
             batches += 1
         means = (sums / max(batches, 1)).tolist()
         record = {"epoch": epoch + 1, "J": means[0], **dict(zip(TERMS, means[1:]))}
         if (epoch + 1) % s.sample_interval == 0:
             record["val"] = validation_loss(encoder, data, prior, pinv, q, s)
+        _stop_if_not_finite(data.name, record, first_bad.tolist())
+        if "val" in record:
             if best is None or record["val"] < best.best_val_loss:
                 best = _selected_outputs(encoder, data, prior, epoch + 1, record["val"])
             bar.set_postfix(J=f"{record['J']:.4f}", val=f"{record['val']:.4f}")
         history.append(record)
         log.info(_epoch_line(data.name, s.epochs, record, best))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, snapshot)
     if best is None:  # no epoch was sampled: keep the last one, as selection had nothing to compare
         best = _selected_outputs(encoder, data, prior, s.epochs, float("nan"))
     best.history = history
     return best
+
+
+def _stop_if_not_finite(name: str, record: dict[str, float], first_bad: list[int]) -> None:
+    """Stop with the epoch, the term that went first and the batch it happened in."""
+    if all(math.isfinite(v) for k, v in record.items() if k != "epoch"):
+        return
+    where = f"RSC on modality {name!r}, epoch {record['epoch']}"
+    if min(first_bad) == NEVER:
+        raise NonFiniteLossError(f"{where}: the validation loss is {record['val']} although training was "
+                                 f"finite; check the validation features")
+    batch = min(first_bad)
+    culprits = [term for term, b in zip(TERMS, first_bad) if b == batch]
+    raise NonFiniteLossError(f"{where}: non-finite {' and '.join(culprits)} at batch {batch}; "
+                             f"lower this modality's --lr")
 
 
 @torch.no_grad()

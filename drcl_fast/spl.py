@@ -1,15 +1,21 @@
 """Selective Prior Learning: learn a class prior W_k per modality, keep the best one."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
 from drcl_fast import ops
+from drcl_fast.errors import ConfigError, NonFiniteLossError
 from drcl_fast.modality import ModalityData, encode, shuffled_batches
 from drcl_fast.model import seeded_encoder
 from drcl_fast.progress import epoch_bar
+
+EpochHook = Callable[[int, Callable[[], dict[str, Any]]], None]
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
 
@@ -37,6 +43,13 @@ class SPLResult:
     def best_score(self) -> float:
         return self.scores[self.best_epoch]
 
+    def to_state(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "SPLResult":
+        return cls(**state)
+
 
 @torch.no_grad()
 def quality_score(encoder: torch.nn.Module, prior: torch.Tensor, x: torch.Tensor, targets: torch.Tensor) -> float:
@@ -47,16 +60,34 @@ def quality_score(encoder: torch.nn.Module, prior: torch.Tensor, x: torch.Tensor
 
 def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
                 hidden_dim: int, sample_interval: int, seed: int, backend: str = "auto",
-                progress: bool = True) -> SPLResult:
-    """Train F_k and W_k (initialised at W0) with GCE; score S_k(e) after sampled epochs."""
+                progress: bool = True, resume: dict[str, Any] | None = None,
+                on_epoch: EpochHook | None = None) -> SPLResult:
+    """Train F_k and W_k (initialised at W0) with GCE; score S_k(e) after sampled epochs.
+
+    `on_epoch(epoch, snapshot)` runs after every epoch; `snapshot()` returns the
+    state that `resume` takes to continue from that epoch bit for bit.
+    """
     device = data.train_x.device
     encoder = seeded_encoder(data.input_dim, hidden_dim, w0.shape[0], seed, device)
     prior = torch.nn.Parameter(w0.clone().to(device))
     optimizer = torch.optim.Adam([*encoder.parameters(), prior], lr=lr, betas=ADAM_BETAS)
     generator = torch.Generator().manual_seed(seed)
     result = SPLResult(data.name, w0.clone(), w0.clone(), best_epoch=0)
+    start = 0
+    if resume is not None:
+        encoder.load_state_dict(resume["encoder"])
+        with torch.no_grad():
+            prior.copy_(resume["prior"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        result, start = SPLResult.from_state(resume["result"]), resume["epoch"]
 
-    bar = epoch_bar(epochs, f"SPL {data.name}", progress)
+    def snapshot() -> dict[str, Any]:
+        return {"epoch": epoch + 1, "encoder": encoder.state_dict(), "prior": prior.detach().cpu(),
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "result": result.to_state()}
+
+    bar = epoch_bar(epochs, f"SPL {data.name}", progress, start)
     for epoch in bar:
         q = ops.gce_q(epoch)
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: no sync per batch
@@ -69,7 +100,11 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
             optimizer.step()
             total += loss.detach().double()
             batches += 1
-        line = f"SPL {data.name} epoch {epoch + 1}/{epochs}: gce={float(total) / max(batches, 1):.5f} q={q:.2f}"
+        mean_loss = float(total) / max(batches, 1)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"SPL on modality {data.name!r}, epoch {epoch + 1}: the GCE loss J_L is "
+                                     f"{mean_loss}; lower --lr_SPL")
+        line = f"SPL {data.name} epoch {epoch + 1}/{epochs}: gce={mean_loss:.5f} q={q:.2f}"
         if (epoch + 1) % sample_interval == 0:
             score = quality_score(encoder, prior, data.train_x, data.train_t)
             result.scores[epoch + 1] = score
@@ -78,8 +113,10 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
                 result.best_prior = prior.detach().cpu().clone()
             line += f" score={score:.5f} (best {result.best_score:.5f} @ {result.best_epoch})"
             bar.set_postfix(score=f"{score:.4f}")
+        result.final_prior = prior.detach().cpu().clone()
         log.info(line)
-    result.final_prior = prior.detach().cpu().clone()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, snapshot)
     return result
 
 
@@ -87,7 +124,7 @@ def select_prior(results: list[SPLResult], released_slip: bool = False) -> tuple
     """The modality with the largest S_k and its W_k (best epoch; final epoch with the released slip)."""
     scored = [r for r in results if r.scores]
     if not scored:
-        raise ValueError("SPL scored no epoch: sample_interval is larger than the number of SPL epochs")
+        raise ConfigError("SPL scored no epoch: sample_interval is larger than the number of SPL epochs")
     choice = max(range(len(results)), key=lambda k: results[k].best_score if results[k].scores else float("-inf"))
     chosen = results[choice]
     return choice, (chosen.final_prior if released_slip else chosen.best_prior)

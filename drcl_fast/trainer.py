@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from drcl_fast import ops, outputs
+from drcl_fast import ops, outputs, preflight
+from drcl_fast.checkpoint import Checkpointer, fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
+from drcl_fast.errors import ConfigError, NonFiniteLossError, OutputExistsError
 from drcl_fast.modality import ModalityData
 from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
@@ -40,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
     return device
 
 
@@ -64,30 +66,73 @@ def rsc_settings(cfg: DRCLConfig, lr: float) -> RSCSettings:
 
 
 def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResult:
-    """Run DRCL on `data` as `cfg` says, writing the released output files under `cfg.out`."""
-    views = [cfg.view_id] if cfg.view_id >= 0 else list(range(data.num_modalities))
-    _check(cfg, data, views)
-    outputs.refuse_overwrite(planned_outputs(cfg, data, views), cfg.overwrite)
+    """Run DRCL on `data` as `cfg` says, writing the released output files under `cfg.out`.
+
+    With `cfg.resume`, an interrupted run with the same settings continues from
+    its checkpoint and ends exactly as an uninterrupted one.
+    """
+    views = preflight.check_run(cfg, data)
     device = resolve_device(cfg.device)
     ops.check_backend(cfg.backend, device)
+    if cfg.deterministic:
+        # cuBLAS reads this when its first handle is made: in time unless CUDA already ran.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     lrs = cfg.learning_rates(data.num_modalities)
+    identity = fingerprint(cfg, data) if cfg.checkpoint_every != 0 or cfg.resume else {}
+    checkpointer = Checkpointer(cfg.out, cfg.datasets, cfg.view_id, cfg.checkpoint_every, identity)
+    state = checkpointer.load() if cfg.resume else None
+    if state is None:
+        try:
+            outputs.refuse_overwrite(planned_outputs(cfg, data, views), cfg.overwrite)
+        except OutputExistsError as error:
+            if cfg.resume:  # say why there is nothing to continue
+                raise OutputExistsError(f"nothing to resume: no checkpoint at {checkpointer.path} (a run "
+                                        f"removes it when it completes), and {error}") from None
+            raise
+        if cfg.resume:
+            log.info("no checkpoint at %s: starting from the beginning", checkpointer.path)
+        state = checkpointer.fresh_state()
+    else:
+        log.info("resuming from %s", checkpointer.path)
     log.info("dataset %s: %d modalities %s, %d classes (%s), D=%d, H=%d, device %s",
              data.name, data.num_modalities, data.modalities, data.num_classes,
              "multi-label" if data.multilabel else "single-label", output_dim(cfg, data),
              cfg.hidden_shape, device)
 
-    result = _prior(cfg, data, device, progress)
-    for k in views:
-        log.info("RSC on modality %d (%s), lr %g", k, data.modalities[k], lrs[k])
-        rsc = train_rsc(ModalityData.from_dataset(data, k, device), result.prior,
-                        rsc_settings(cfg, lrs[k]), progress=progress)
-        log.info("RSC %s: best epoch %d, validation J %.5f", rsc.modality, rsc.best_epoch, rsc.best_val_loss)
-        outputs.save_mat(outputs.features_path(cfg.out, cfg.datasets, k),
-                         {"test_fea": rsc.test_embeddings, "test_lab": rsc.test_labels,
-                          "test_pred": rsc.test_probabilities})
-        result.rsc[k] = rsc
+    try:
+        result = _prior(cfg, data, device, progress, state, checkpointer)
+        for k in views:
+            result.rsc[k] = _rsc_unit(cfg, data, k, lrs[k], result.prior, device, progress, state, checkpointer)
+    except NonFiniteLossError as error:
+        raise NonFiniteLossError(f"{error}. The last good checkpoint ({checkpointer.last_saved}) is "
+                                 f"{checkpointer.path}" if checkpointer.enabled else str(error)) from None
     result.metrics = evaluate_saved(cfg, data, views, result, progress)
+    checkpointer.remove()  # the run is complete: its outputs hold everything
     return result
+
+
+def _rsc_unit(cfg: DRCLConfig, data: MultiModalData, k: int, lr: float, prior: torch.Tensor,
+              device: torch.device, progress: bool, state: dict, checkpointer: Checkpointer) -> RSCResult:
+    """Modality k's RSC result: restored if a checkpoint holds it, else trained (resumed if started)."""
+    if k in state["rsc_done"]:
+        rsc = RSCResult.from_state(state["rsc_results"][k])
+    else:
+        unit = state["unit"]
+        resume = unit if unit is not None and (unit["phase"], unit["view"]) == ("rsc", k) else None
+        log.info("RSC on modality %d (%s), lr %g%s", k, data.modalities[k], lr,
+                 f", resumed after epoch {resume['epoch']}" if resume else "")
+        rsc = train_rsc(ModalityData.from_dataset(data, k, device), prior, rsc_settings(cfg, lr),
+                        progress=progress, resume=resume, on_epoch=checkpointer.epoch_hook(state, "rsc", k))
+        checkpointer.save_unit(k, rsc.to_state())
+        state["rsc_done"].append(k)
+        state["unit"] = None
+        checkpointer.save(state, f"rsc modality {k} done")
+    log.info("RSC %s: best epoch %d, validation J %.5f", rsc.modality, rsc.best_epoch, rsc.best_val_loss)
+    outputs.save_mat(outputs.features_path(cfg.out, cfg.datasets, k),
+                     {"test_fea": rsc.test_embeddings, "test_lab": rsc.test_labels,
+                      "test_pred": rsc.test_probabilities})
+    return rsc
 
 
 def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], result: FitResult,
@@ -112,7 +157,8 @@ def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], resu
     return metrics
 
 
-def _prior(cfg: DRCLConfig, data: MultiModalData, device: torch.device, progress: bool) -> FitResult:
+def _prior(cfg: DRCLConfig, data: MultiModalData, device: torch.device, progress: bool,
+           state: dict, checkpointer: Checkpointer) -> FitResult:
     d, c = output_dim(cfg, data), data.num_classes
     w0 = initial_prior(d, c, cfg.seed)
     if cfg.prior == "w0":
@@ -122,34 +168,26 @@ def _prior(cfg: DRCLConfig, data: MultiModalData, device: torch.device, progress
         log.info("prior W read from %s", path)
         return FitResult(data.modalities, torch.from_numpy(outputs.load_prior_file(path, d, c)), f"file:{path}")
 
-    spl = []
-    for k in range(data.num_modalities):
-        log.info("SPL on modality %d (%s)", k, data.modalities[k])
+    spl = [SPLResult.from_state(r) for r in state["spl_done"]]
+    for k in range(len(spl), data.num_modalities):
+        unit = state["unit"]
+        resume = unit if unit is not None and (unit["phase"], unit["view"]) == ("spl", k) else None
+        log.info("SPL on modality %d (%s)%s", k, data.modalities[k],
+                 f", resumed after epoch {resume['epoch']}" if resume else "")
         r = learn_prior(ModalityData.from_dataset(data, k, device), w0, epochs=cfg.spl_epoch_count,
                         batch_size=cfg.batch_size, lr=cfg.lr_SPL, hidden_dim=cfg.hidden_shape,
                         sample_interval=cfg.sample_interval, seed=cfg.seed, backend=cfg.backend,
-                        progress=progress)
+                        progress=progress, resume=resume, on_epoch=checkpointer.epoch_hook(state, "spl", k))
         spl.append(r)
+        state["spl_done"].append(r.to_state())
+        state["unit"] = None
+        checkpointer.save(state, f"spl modality {k} done")
+        log.info("SPL %s: best score %.5f at epoch %d", r.modality, r.best_score, r.best_epoch)
+    for k, r in enumerate(spl):
         kept = r.final_prior if cfg.released_prior_slip else r.best_prior
         outputs.save_mat(outputs.prior_path(cfg.out, cfg.datasets, d, c, k), {"W": kept.numpy()})
-        log.info("SPL %s: best score %.5f at epoch %d", r.modality, r.best_score, r.best_epoch)
     choice, prior = select_prior(spl, cfg.released_prior_slip)
     outputs.save_mat(outputs.prior_path(cfg.out, cfg.datasets, d, c), {"W": prior.numpy()})
     log.info("prior W: SPL's W_k of modality %d (%s), score %.5f", choice, data.modalities[choice],
              spl[choice].best_score)
     return FitResult(data.modalities, prior, f"spl:{data.modalities[choice]}", spl, choice)
-
-
-def _check(cfg: DRCLConfig, data: MultiModalData, views: list[int]) -> None:
-    if cfg.view_id >= data.num_modalities:
-        raise ValueError(f"--view_id {cfg.view_id} is out of range: {data.name!r} has modalities "
-                         f"0..{data.num_modalities - 1} ({', '.join(data.modalities)})")
-    if cfg.prior not in ("spl", "w0", "file") and not Path(cfg.prior).is_file():
-        raise ValueError(f"--prior {cfg.prior!r}: not 'spl', 'file', 'w0' or an existing file")
-    for k in views:
-        n = data.train.features[k].shape[0]
-        if n < cfg.batch_size:
-            raise ValueError(f"modality {k} ({data.modalities[k]}) has {n} training rows, fewer than one "
-                             f"batch of --batch_size {cfg.batch_size}: no full batch to train on; lower it")
-    if np.isnan(cfg.gamma) or not 0.0 <= cfg.gamma <= 1.0:
-        raise ValueError(f"--gamma {cfg.gamma}: the Mixup coefficient must lie in [0, 1]")

@@ -14,6 +14,7 @@ import scipy.io as sio
 
 from drcl_fast import Solver
 from drcl_fast.cli import main
+from drcl_fast.errors import ConfigError
 from drcl_fast.flags import config_from_flags, str2bool
 
 TINY = ["--datasets", "mfeat", "--epochs", "3", "--hidden_shape", "32", "--output-shape", "16",
@@ -97,7 +98,9 @@ def test_released_flag_defaults_and_meanings():
     assert config_from_flags(parser.parse_args(["--datasets", "xmedia"])).epochs == 300
     assert config_from_flags(parser.parse_args(["--lr-spl", "1e-3", "--view-id", "1"])).lr_SPL == 1e-3
     assert config_from_flags(parser.parse_args(["--datasets", "mfeat"])).prior == "spl"
-    assert config_from_flags(parser.parse_args(["--prior", "w0", "--wselect"])).prior == "w0"
+    assert config_from_flags(parser.parse_args(["--prior", "w0", "--wselect", "False"])).prior == "w0"
+    with pytest.raises(ConfigError, match="contradicts"):
+        config_from_flags(parser.parse_args(["--prior", "w0", "--wselect"]))
     with pytest.raises(argparse.ArgumentTypeError):
         str2bool("maybe")
 

@@ -5,11 +5,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from drcl_fast.data import validate
+from drcl_fast.errors import DataError
+
 SPLITS = ("train", "valid", "test")
-
-
-class DataError(ValueError):
-    """A dataset file or array is missing, unreadable or inconsistent."""
 
 
 @dataclass
@@ -43,11 +42,20 @@ class MultiModalData:
                 raise DataError(
                     f"dataset {self.name!r}: split {split_name!r} has {len(split.features)} feature "
                     f"and {len(split.labels)} label arrays for {k} modalities {self.modalities}")
-            split.features = [np.ascontiguousarray(x, dtype=np.float32) for x in split.features]
-            split.labels = [_squeeze_label_vector(y) for y in split.labels]
-        if self.classes is None and not self.multilabel:
-            ids = np.concatenate([y for y in self.train.labels])
-            self.classes = np.unique(ids[ids >= 0])
+            where = [f"dataset {self.name!r}, split {split_name!r}, modality {m!r}" for m in self.modalities]
+            split.features = [validate.features_array(x, w) for x, w in zip(split.features, where)]
+            split.labels = [validate.labels_array(y, w) for y, w in zip(split.labels, where)]
+            for x, y, w in zip(split.features, split.labels, where):
+                validate.check_rows(x, y, w)
+        for m, widths in zip(self.modalities, zip(*(self.split(s).features for s in SPLITS))):
+            if len({x.shape[1] for x in widths}) > 1:
+                raise DataError(f"dataset {self.name!r}, modality {m!r}: feature width differs between splits "
+                                f"({', '.join(f'{s} {x.shape[1]}' for s, x in zip(SPLITS, widths))}); "
+                                f"every split must use the same features")
+        classes = validate.check_label_space(self.name, self.modalities,
+                                             {s: self.split(s).labels for s in SPLITS})
+        if self.classes is None:
+            self.classes = classes
 
     @property
     def multilabel(self) -> bool:
@@ -82,13 +90,3 @@ class MultiModalData:
         pick = lambda s: Split([s.features[i] for i in modality_ids], [s.labels[i] for i in modality_ids])
         return MultiModalData(self.name, [self.modalities[i] for i in modality_ids],
                               pick(self.train), pick(self.valid), pick(self.test), self.classes)
-
-
-def _squeeze_label_vector(y: np.ndarray) -> np.ndarray:
-    """(n,), (n, 1) and (1, n) class-id arrays become an int64 vector; (n, C) stays a 0/1 matrix."""
-    y = np.asarray(y)
-    if y.ndim == 2 and min(y.shape) == 1:
-        y = y.reshape(-1)
-    if y.ndim == 1:
-        return y.astype(np.int64)
-    return (y != 0).astype(np.float32)

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.io
 
 from .container import SPLITS, DataError, MultiModalData, Split
+from .mat5 import check_mat5
 
 H5_SUFFIXES = (".h5", ".hdf5", ".h5py")  # .h5py: the released NUS-WIDE file
 GENERIC_SUFFIXES = (".npz", ".mat", ".h5", ".hdf5")
@@ -47,6 +48,7 @@ class ArrayFile:
             elif suffix == ".npz":
                 self._arrays = np.load(self.path, allow_pickle=False)
             elif suffix == ".mat":
+                check_mat5(self.path)
                 self._arrays = scipy.io.loadmat(self.path)
             else:
                 raise DataError(f"{self.path}: unsupported file type {suffix!r}; "
@@ -70,8 +72,11 @@ class ArrayFile:
 
     def keys(self) -> list[str]:
         # scipy adds __header__-style entries and MATLAB v7.3 adds #refs#; neither is data.
-        names = self._h5.keys() if self._h5 is not None else self._arrays.keys()
-        return sorted(k for k in names if not k.startswith(("__", "#")))
+        try:
+            names = self._h5.keys() if self._h5 is not None else self._arrays.keys()
+            return sorted(k for k in names if not k.startswith(("__", "#")))
+        except Exception as err:  # a damaged HDF5 index fails only when it is walked
+            raise DataError(f"cannot list the arrays in {self.path}{self._for}: {err}") from err
 
     def __contains__(self, key: str) -> bool:
         return key in self.keys()

@@ -1,39 +1,90 @@
-"""DRCL ops with backend dispatch (`backend="auto" | "torch" | "triton" | "cpp"`).
+"""DRCL ops with backend dispatch (`backend="auto" | "torch" | "triton" | "restructured" | "cpp"`).
 
-Only the PyTorch reference is registered so far; fused kernels register here
-as they land, under the same signatures.
+- "torch": the reference (``reference.py``), the specification in code;
+- "triton": fused Triton kernels (``drcl_fast.kernels``) on CUDA tensors;
+- "restructured": the loss by C-space algebra in PyTorch (``restructured.py``), the
+  CPU's fast path; ops that algebra does not change run their reference under it
+  (``backends.STAND_INS``).
+
+"auto" takes the first available of ``backends.AUTO_PREFERENCE`` for the tensors'
+device. The fused paths treat targets, L = W+ and the prior as constants (as RSC
+does); if one of them requires a gradient, the reference runs instead.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from drcl_fast.backends import choose
-from drcl_fast.ops import reference
-from drcl_fast.ops.reference import feature_mixup, gce_q, prior_pinv
+from drcl_fast.ops import custom_ops, reference, restructured
+from drcl_fast.ops.pinv import prior_pinv
+from drcl_fast.ops.reference import feature_mixup, gce_q, mix_rows
 
-_GCE = {"torch": reference.gce_loss}
-_DRCL_TERMS = {"torch": reference.drcl_loss_terms}
+try:
+    from drcl_fast.kernels import drcl_loss as _triton_loss
+    from drcl_fast.kernels.gce import GCE as _TritonGCE
+    from drcl_fast.kernels.linear_relu import linear_relu as _triton_linear_relu
+    from drcl_fast.kernels.mixup_project import MixupProject as _TritonMixupProject
+except ImportError:   # no Triton: "auto" falls back, and says so once
+    _triton_loss = _TritonGCE = _triton_linear_relu = _TritonMixupProject = None
 
-__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "prior_pinv", "feature_mixup", "gce_q", "check_backend"]
+__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "linear_relu", "mixup_project", "prior_pinv",
+           "feature_mixup", "mix_rows", "gce_q", "check_backend"]
+
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
+def _eager_or_compiled(name: str, eager: Callable | None) -> Callable | None:
+    """`eager` (an autograd Function's entry) normally; its custom op while torch.compile traces."""
+    compiled = custom_ops.ops.get(name)
+    if eager is None or compiled is None:
+        return eager
+    return lambda *args: (compiled if _is_compiling() else eager)(*args)
+
+
+def _loss_engine(engine: str, eager: Callable | None) -> Callable | None:
+    compiled = custom_ops.ops.get("drcl_loss_terms")
+    if eager is None or compiled is None:
+        return eager
+    return lambda *args: compiled(*args, engine) if _is_compiling() else eager(*args)
+
+
+_GCE = {"torch": reference.gce_loss,
+        "triton": _eager_or_compiled("gce_loss", _TritonGCE and _TritonGCE.apply)}
+_DRCL_TERMS = {"torch": reference.drcl_loss_terms,
+               "restructured": _loss_engine("restructured", restructured.drcl_loss_terms),
+               "triton": _loss_engine("triton", _triton_loss and _triton_loss.drcl_loss_terms)}
+_LINEAR_RELU = {"torch": reference.linear_relu,
+                "triton": _eager_or_compiled("linear_relu", _triton_linear_relu)}
+_MIXUP_PROJECT = {"torch": reference.mixup_project,
+                  "triton": _eager_or_compiled("mixup_project", _TritonMixupProject and _TritonMixupProject.apply)}
+_REGISTRIES = {"gce_loss": _GCE, "drcl_loss": _DRCL_TERMS, "linear_relu": _LINEAR_RELU,
+               "mixup_project": _MIXUP_PROJECT}
 
 
 def check_backend(backend: str, device: torch.device | str) -> None:
     """Raise BackendError now, not mid-training, if an op cannot run `backend` on `device`."""
-    choose("gce_loss", backend, device, _GCE)
-    choose("drcl_loss", backend, device, _DRCL_TERMS)
+    for op, impls in _REGISTRIES.items():
+        choose(op, backend, device, impls)
+
+
+def _pick(op: str, backend: str, device: torch.device, *constants: torch.Tensor) -> Callable:
+    if any(t.requires_grad for t in constants):
+        return _REGISTRIES[op]["torch"]
+    return choose(op, backend, device, _REGISTRIES[op])
 
 
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float, backend: str = "auto") -> torch.Tensor:
     """Generalised cross-entropy of `logits` against soft `targets` (q = 0: its -log limit)."""
-    return choose("gce_loss", backend, logits.device, _GCE)(logits, targets, q)
+    return _pick("gce_loss", backend, logits.device, targets)(logits, targets, q)
 
 
 def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
                     pinv: torch.Tensor, q: float, backend: str = "auto"
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(J_L, J_D, J_MSE) of the RSC objective on an already-mixed batch."""
-    fn = choose("drcl_loss", backend, features.device, _DRCL_TERMS)
-    return fn(features, targets, logits, pinv, q)
+    return _pick("drcl_loss", backend, features.device, targets, pinv)(features, targets, logits, pinv, q)
 
 
 def drcl_loss(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
@@ -46,3 +97,14 @@ def drcl_loss(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tenso
     """
     j_l, j_d, j_mse = drcl_loss_terms(features, targets, logits, pinv, q, backend)
     return eta * j_l + alpha * j_d + beta * j_mse
+
+
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """relu(x W^T + b), one hidden layer of the encoder."""
+    return _pick("linear_relu", backend, x.device)(x, weight, bias)
+
+
+def mixup_project(hidden: torch.Tensor, head_weight: torch.Tensor, permutation: torch.Tensor, gamma: float,
+                  prior: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(f~, f~ W): the encoder's last layer, unit rows, Mixup with `permutation`, projection by the prior."""
+    return _pick("mixup_project", backend, hidden.device, prior)(hidden, head_weight, permutation, gamma, prior)

@@ -57,12 +57,29 @@ def prior_pinv(prior: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(prior.double()).to(prior.dtype)
 
 
+def mix_rows(rows: torch.Tensor, gamma: float, permutation: torch.Tensor) -> torch.Tensor:
+    """gamma * rows + (1 - gamma) * rows[permutation]."""
+    return gamma * rows + (1.0 - gamma) * rows[permutation]
+
+
 def feature_mixup(features: torch.Tensor, targets: torch.Tensor, gamma: float,
                   permutation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FA: mix each row with the row `permutation` sends it to; labels mix alike."""
-    mixed_features = gamma * features + (1.0 - gamma) * features[permutation]
-    mixed_targets = gamma * targets + (1.0 - gamma) * targets[permutation]
-    return mixed_features, mixed_targets
+    return mix_rows(features, gamma, permutation), mix_rows(targets, gamma, permutation)
+
+
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One hidden layer of the encoder: Linear then ReLU."""
+    return torch.relu(F.linear(x, weight, bias))
+
+
+def mixup_project(hidden: torch.Tensor, head_weight: torch.Tensor, permutation: torch.Tensor, gamma: float,
+                  prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's tail and FA: (f~, f~ W) with f the unit rows of the last linear layer."""
+    z = F.linear(hidden, head_weight)
+    f = z / z.norm(dim=1, keepdim=True)
+    mixed = gamma * f + (1.0 - gamma) * f[permutation]
+    return mixed, mixed @ prior
 
 
 def gce_q(epoch: int) -> float:

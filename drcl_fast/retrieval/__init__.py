@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from drcl_fast.backends import choose
-from drcl_fast.retrieval import reference
+from drcl_fast.errors import DRCLError
+from drcl_fast.retrieval import dispatch, reference
 from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
 
 __all__ = ["evaluate_map", "evaluate_directions", "DirectionResult",
@@ -20,17 +20,20 @@ __all__ = ["evaluate_map", "evaluate_directions", "DirectionResult",
 
 
 def evaluate_map(query: Any, query_labels: Any, gallery: Any, gallery_labels: Any,
-                 k: int | None = None, backend: str = "auto",
-                 return_ap: bool = False) -> float | tuple[float, torch.Tensor]:
+                 k: int | None = None, backend: str = "auto", return_ap: bool = False,
+                 max_memory: int | None = None) -> float | tuple[float, torch.Tensor]:
     """MAP@k (k=None: MAP@all) of ranking `gallery` for each row of `query`.
 
     Labels are class-id vectors (single-label: every query counts, AP 0 when
     nothing relevant is retrieved) or 0/1 matrices (multi-label: such queries
     are left out). With `return_ap`, also returns the per-query APs (NaN = left out).
+    `backend`: "auto", "torch" (the reference), "cpp" (CPU) or "triton" (CUDA);
+    all rank the same float32 scores (float64 if given float64) identically.
+    `max_memory`: bytes for one query chunk's working set (None: the backend's default).
     """
     q, yq, g, yg = reference.check_inputs(query, query_labels, gallery, gallery_labels, k)
-    impl = choose("evaluate_map", backend, q.device, {"torch": reference.average_precisions})
-    ap = impl(q, yq, g, yg, k=k)
+    impl = dispatch.average_precisions(backend, q.device)
+    ap = impl(q, yq, g, yg, k=k, **({} if max_memory is None else {"max_memory": max_memory}))
     counted = ap[~torch.isnan(ap)]
     value = float(counted.mean()) if counted.numel() else 0.0
     return (value, ap) if return_ap else value
@@ -38,7 +41,7 @@ def evaluate_map(query: Any, query_labels: Any, gallery: Any, gallery_labels: An
 
 def evaluate_directions(embeddings: Sequence[Any], labels: Sequence[Any], names: Sequence[str],
                         k: int | None = None, backend: str = "auto",
-                        progress: bool = False) -> DirectionResult:
+                        progress: bool = False, max_memory: int | None = None) -> DirectionResult:
     """MAP@k for every ordered pair (query modality i, gallery modality j), i != j."""
     count = len(embeddings)
     if len(labels) != count or len(names) != count:
@@ -55,9 +58,11 @@ def evaluate_directions(embeddings: Sequence[Any], labels: Sequence[Any], names:
         direction = f"{names[i]}->{names[j]}"
         try:
             matrix[i, j] = evaluate_map(embeddings[i], labels[i], embeddings[j], labels[j],
-                                        k=k, backend=backend)
+                                        k=k, backend=backend, max_memory=max_memory)
         except ValueError as error:
-            raise ValueError(f"direction {direction}: {error}") from error
+            # Keep the package's own error types, which the CLI reports without a traceback.
+            kind = type(error) if isinstance(error, DRCLError) else ValueError
+            raise kind(f"direction {direction}: {error}") from error
         directions[direction] = float(matrix[i, j])
     return DirectionResult(names=tuple(names), k=k, matrix=matrix,
                            mean=float(np.mean(list(directions.values()))), directions=directions)

@@ -1,0 +1,86 @@
+"""Peak memory of one evaluation beyond its inputs, measured in a fresh process.
+
+    .venv/bin/python bench/map_memory.py                 # Q = N = 5,000, D = 512, every CPU backend
+    .venv/bin/python bench/map_memory.py --size 200      # quick
+
+How: the parent writes the inputs to .npy files; a child process loads them
+(np.load: no temporaries beyond the arrays), resets the kernel's resident-set
+high-water mark (/proc/self/clear_refs), evaluates once, and reports VmHWM minus
+the resident set just before: the most memory the evaluation added at any
+moment, whoever allocated it (torch, numpy, the C++ extension, BLAS). Linux only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CASES = [("torch", None, None), ("cpp", None, None), ("cpp", 50, None), ("cpp", None, 16 * 2**20)]
+
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def child(folder: str, backend: str, k: int | None, max_memory: int | None) -> None:
+    import torch
+    from drcl_fast.retrieval import evaluate_map
+    arrays = [torch.from_numpy(np.load(Path(folder) / f"{name}.npy")) for name in ("q", "yq", "g", "yg")]
+    evaluate_map(*[a[:2] for a in arrays], backend=backend)  # load libraries and code paths first
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    value = evaluate_map(*arrays, k=k, backend=backend, max_memory=max_memory)
+    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024, "map": value}))
+
+
+def measure(size: int, dim: int = 512) -> list[dict]:
+    from drcl_fast.data.synthetic import make_retrieval_set
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for labels, preset in [("single10", "nus-wide-single"), ("multi21", "nus-wide")]:
+            data = make_retrieval_set(preset, dim, num_queries=size, gallery_size=size, seed=0)
+            for name in ("query", "query_labels", "gallery", "gallery_labels"):
+                short = {"query": "q", "query_labels": "yq", "gallery": "g", "gallery_labels": "yg"}[name]
+                np.save(Path(folder) / f"{short}.npy", getattr(data, name).numpy())
+            inputs_mib = sum(getattr(data, n).numel() * getattr(data, n).element_size()
+                             for n in ("query", "gallery")) / 2**20
+            for backend, k, max_memory in CASES:
+                out = subprocess.run([sys.executable, __file__, "--child", folder, backend, str(k), str(max_memory)],
+                                     capture_output=True, text=True, check=True)
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append({"labels": labels, "backend": backend, "k": k, "max_memory": max_memory,
+                             "size": size, "inputs_mib": inputs_mib, **result})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| labels | backend | MAP@ | max_memory | Q = N | embeddings (MiB) | peak beyond inputs (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        budget = "default" if r["max_memory"] is None else f"{r['max_memory'] / 2**20:.0f} MiB"
+        lines.append(f"| {r['labels']} | {r['backend']} | {r['k'] or 'all'} | {budget} | {r['size']} | "
+                     f"{r['inputs_mib']:.1f} | {r['peak_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=5_000)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        folder, backend, k, max_memory = args.child
+        child(folder, backend, None if k == "None" else int(k), None if max_memory == "None" else int(max_memory))
+        return 0
+    print(table(measure(args.size)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Everything checked before a run trains: arguments against each other, the data and the machine."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from drcl_fast.config import DRCLConfig
+from drcl_fast.data.container import MultiModalData
+from drcl_fast.errors import ConfigError, OutputError
+
+
+def check_run(cfg: DRCLConfig, data: MultiModalData) -> list[int]:
+    """Raise ConfigError/OutputError for anything that would fail later; return the views to train."""
+    _check_numbers(cfg, data)
+    k = data.num_modalities
+    if k < 2:
+        raise ConfigError(f"dataset {data.name!r} has one modality ({data.modalities[0]}); cross-modal "
+                          f"retrieval needs at least two")
+    if not -1 <= cfg.view_id < k:
+        raise ConfigError(f"--view_id {cfg.view_id} is out of range: {data.name!r} has modalities "
+                          f"0..{k - 1} ({', '.join(data.modalities)}), or -1 for all")
+    if cfg.lr is not None and len(cfg.lr) != k:
+        raise ConfigError(f"--lr gives {len(cfg.lr)} learning rate(s) for the {k} modalities of {data.name!r} "
+                          f"({', '.join(data.modalities)}); pass exactly one per modality")
+    views = [cfg.view_id] if cfg.view_id >= 0 else list(range(k))
+    for v in views:
+        n = data.train.features[v].shape[0]
+        if n < cfg.batch_size:
+            raise ConfigError(f"modality {v} ({data.modalities[v]}) has {n} training rows, fewer than one "
+                              f"batch of --batch_size {cfg.batch_size}: no full batch to train on; lower it")
+    _check_prior(cfg)
+    check_writable(cfg.out)
+    return views
+
+
+def _check_numbers(cfg: DRCLConfig, data: MultiModalData) -> None:
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "hidden_shape": cfg.hidden_shape,
+                "sample_interval": cfg.sample_interval, "lr_SPL": cfg.lr_SPL}
+    if cfg.spl_epochs is not None:
+        positive["spl_epochs"] = cfg.spl_epochs
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"--{name} {value}: must be positive")
+    if cfg.lr is not None and not all(lr > 0 for lr in cfg.lr):
+        raise ConfigError(f"--lr {cfg.lr}: every learning rate must be positive")
+    for name in ("alpha", "beta", "eta"):
+        if not getattr(cfg, name) >= 0:
+            raise ConfigError(f"--{name} {getattr(cfg, name)}: a loss weight must be >= 0")
+    if not 0.0 <= cfg.gamma <= 1.0:
+        raise ConfigError(f"--gamma {cfg.gamma}: the Mixup coefficient must lie in [0, 1] (1 disables FA)")
+    if cfg.output_shape != -1 and cfg.output_shape < data.num_classes:
+        raise ConfigError(f"--output_shape {cfg.output_shape} is smaller than the {data.num_classes} classes "
+                          f"of {data.name!r}: the prior W (D x C) needs D >= C; use -1 for D = C")
+    if cfg.checkpoint_every is not None and cfg.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint_every {cfg.checkpoint_every}: must be >= 0 (0 disables checkpoints)")
+
+
+def _check_prior(cfg: DRCLConfig) -> None:
+    if cfg.prior not in ("spl", "file", "w0") and not Path(cfg.prior).is_file():
+        raise ConfigError(f"--prior {cfg.prior!r}: not 'spl', 'file', 'w0' or an existing file")
+    if cfg.prior != "spl":
+        given = [flag for flag, on in (("--released_prior_slip", cfg.released_prior_slip),
+                                       ("--spl_epochs", cfg.spl_epochs is not None)) if on]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} only apply when SPL learns the prior, but the prior "
+                              f"comes from {cfg.prior!r}; drop them or use --wselect True")
+
+
+def check_writable(out: str | Path) -> None:
+    """Fail now, not after hours of training, if results cannot be written under `out`."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise OutputError(f"output directory {path} is not writable ({err.strerror or err}); "
+                          f"choose another with --out") from None

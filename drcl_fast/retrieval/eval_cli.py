@@ -1,0 +1,174 @@
+"""`drcl-fast eval`: MAP of saved embeddings, every direction, as training reports it.
+
+    drcl-fast eval --features_dir features --datasets wiki          # wiki_0.mat, wiki_1.mat, ...
+    drcl-fast eval --files img.npz txt.pt --names image text --out runs/x --pr_plot runs/x/pr.png
+
+Files hold one modality's test embeddings and labels: the released
+features/{dataset}_{k}.mat (keys test_fea, test_lab), or .npz / .mat / .pt
+(a dict) with those keys or `embeddings` and `labels`. Labels are class ids or a
+0/1 matrix (multi-label rules).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import scipy.io as sio
+import torch
+
+from drcl_fast.errors import ConfigError, DataError
+from drcl_fast.outputs import metrics_path, refuse_overwrite, save_json
+from drcl_fast.retrieval import evaluate_directions
+from drcl_fast.retrieval.pr import plot_curves, precision_recall, save_curves_csv
+from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
+
+SUFFIXES = (".mat", ".npz", ".pt")
+BACKENDS = ("auto", "torch", "cpp", "triton")
+KEYS = (("test_fea", "test_lab"), ("embeddings", "labels"))
+
+
+def add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("embeddings (one file per modality)")
+    source.add_argument("--features_dir", "--features-dir", default="features",
+                        help="folder of {dataset}_{k}.mat|.npz|.pt files, k = 0, 1, ... (default: features)")
+    source.add_argument("--datasets", default=None,
+                        help="the dataset name in those file names (default: wiki); also names the modalities")
+    source.add_argument("--files", nargs="+", metavar="FILE", help="these files instead, one per modality, in order")
+    source.add_argument("--names", nargs="+", metavar="NAME",
+                        help="modality names for the directions (default: the dataset's, else 0, 1, ...)")
+    run = parser.add_argument_group("evaluation")
+    run.add_argument("--k", nargs="+", default=["all", "50"], metavar="K",
+                     help="MAP cutoffs: 'all' and/or positive ints (default: all 50)")
+    run.add_argument("--backend", choices=BACKENDS, default="auto",
+                     help="auto (fastest here), torch (reference), cpp (CPU), triton (CUDA)")
+    run.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=None, help="write metrics.json (training's schema) into this folder")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json / PR files")
+    out.add_argument("--pr_plot", "--pr-plot", default=None, metavar="PNG",
+                     help="precision-recall curves of every direction: this PNG, and the data as the same name .csv")
+    out.add_argument("--quiet", action="store_true", help="print only the result lines")
+
+
+def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (n, d) and labels ((n,) class ids or (n, C) 0/1) of one modality's file."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    try:
+        if suffix == ".mat":
+            arrays = sio.loadmat(str(path))
+        elif suffix == ".npz":
+            arrays = dict(np.load(path))
+        else:
+            arrays = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise DataError(f"{path} cannot be read as {suffix}: {error}") from error
+    if not isinstance(arrays, dict):
+        raise DataError(f"{path} holds a {type(arrays).__name__}; save a dict with keys embeddings and labels")
+    for features_key, labels_key in KEYS:
+        if features_key in arrays and labels_key in arrays:
+            features = np.asarray(arrays[features_key])
+            labels = np.asarray(arrays[labels_key])
+            # .mat files store vectors as 1 x n (or n x 1) matrices: class ids either way.
+            return features, labels.reshape(-1) if labels.ndim == 2 and min(labels.shape) == 1 else labels
+    keys = sorted(k for k in arrays if not k.startswith("__"))
+    raise DataError(f"{path} has keys {keys}; expected test_fea and test_lab (the released layout) "
+                    f"or embeddings and labels")
+
+
+def discover(features_dir: Path, dataset: str) -> list[Path]:
+    """{dataset}_0, {dataset}_1, ... in features_dir, up to the first missing index."""
+    paths = []
+    for k in itertools.count():
+        found = [p for p in (features_dir / f"{dataset}_{k}{s}" for s in SUFFIXES) if p.is_file()]
+        if len(found) > 1:
+            raise DataError(f"modality {k} of {dataset!r} has several files: {', '.join(map(str, found))}; keep one")
+        if not found:
+            break
+        paths.append(found[0])
+    if len(paths) < 2:
+        raise DataError(f"found {len(paths)} file(s) named {dataset}_<k>.mat|.npz|.pt in {features_dir}; "
+                        f"cross-modal evaluation needs at least 2 ({dataset}_0, {dataset}_1, ...). "
+                        f"Pass --features_dir and --datasets, or --files")
+    return paths
+
+
+def modality_names(dataset: str | None, count: int, given: list[str] | None) -> list[str]:
+    """The names training gives these modalities, so that metrics.json reads the same."""
+    if given:
+        if len(given) != count:
+            raise ConfigError(f"--names lists {len(given)} names for {count} modalities")
+        return list(given)
+    from drcl_fast.data import mfeat, released
+    known = {"wiki": released.IMAGE_TEXT, "nus": released.IMAGE_TEXT, "INRIA-Websearch": released.IMAGE_TEXT,
+             "xmedia": list(released.XMEDIA_KEYS), "xmedianet": released.FIVE_VIEWS, "mfeat": list(mfeat.VIEWS)}
+    names = known.get(dataset)
+    return list(names) if names is not None and len(names) == count else [str(k) for k in range(count)]
+
+
+def parse_cutoffs(values: list[str]) -> list[int | None]:
+    cutoffs: list[int | None] = []
+    for value in values:
+        if value.lower() == "all":
+            cutoffs.append(None)
+        elif value.isdigit() and int(value) > 0:
+            cutoffs.append(int(value))
+        else:
+            raise ConfigError(f"--k takes 'all' or positive ints, got {value!r}")
+    if len(set(cutoffs)) != len(cutoffs):
+        raise ConfigError(f"--k lists a cutoff twice: {' '.join(values)}")
+    return cutoffs
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for, but no CUDA device is available; use --device cpu")
+    return device
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    dataset = args.datasets or (None if args.files else "wiki")
+    paths = [Path(p) for p in args.files] if args.files else discover(Path(args.features_dir), dataset)
+    names = modality_names(dataset, len(paths), args.names)
+    cutoffs = parse_cutoffs(args.k)
+    device = pick_device(args.device)
+    outputs = [metrics_path(args.out)] if args.out else []
+    if args.pr_plot:
+        plot = Path(args.pr_plot)
+        outputs += [plot, plot.with_suffix(".csv")]
+    refuse_overwrite(outputs, args.overwrite)
+
+    loaded = [load_embeddings(p) for p in paths]
+    embeddings = [torch.as_tensor(features).to(device) for features, _ in loaded]
+    labels = [labels for _, labels in loaded]
+    results: list[DirectionResult] = [
+        evaluate_directions(embeddings, labels, names, k=k, backend=args.backend, progress=not args.quiet)
+        for k in cutoffs]
+    for result in results:
+        print(f"test resutls@{result.k or 'all'}:" + result_line(result))
+    if not args.quiet:
+        print(format_table(results))
+    if args.out:
+        save_json(metrics_path(args.out), metrics_dict(results))
+        if not args.quiet:
+            print(f"metrics written to {metrics_path(args.out)}")
+    if args.pr_plot:
+        curves = {f"{names[i]}->{names[j]}": precision_recall(embeddings[i], labels[i], embeddings[j], labels[j],
+                                                              backend=args.backend)
+                  for i in range(len(names)) for j in range(len(names)) if i != j}
+        save_curves_csv(plot.with_suffix(".csv"), curves)
+        plot_curves(plot, curves, title=dataset or "")
+        if not args.quiet:
+            print(f"precision-recall curves written to {plot} and {plot.with_suffix('.csv')}")
+    return 0

@@ -1,0 +1,227 @@
+"""The RSC loss (J_L, J_D, J_MSE) in Triton: J_D over tiles of pairs, gradients in the forward pass.
+
+``_pair_kernel`` runs one program per tile (I, J) of the upper triangle, J >= I:
+it forms the Gram tile ``F~_I F~_J^T`` (the only B x B x D work), the C-space
+tiles ``YK_I y~_J^T``, ``y~_I P_J^T`` and ``P_I y~_J^T`` (``fused_loss.py``), applies
+the clamp ``max(|a| |b|, 1e-6)`` per pair in registers, adds the tile's share of
+J_D (twice for off-diagonal tiles: the (J, I) tile is its mirror) and scatters
+its gradient to both row blocks: ``AF`` (B x D), ``dnf`` (B) and ``dP`` (B x C),
+with atomic adds. The cross term's (i, j) and (j, i) entries are both in the tile,
+so its transpose is never formed. Nothing B x B reaches memory; the tile sums
+go to a small buffer and are added in a fixed order, so the loss value is
+deterministic (the gradients' atomic adds are not, to float32 rounding).
+
+``_mse_kernel`` recasts ``r = y~ L`` in registers (a C-wide dot per tile, never a
+B x D tensor) and either sums ``(f~ - r)^2`` per tile (forward) or writes the
+features' whole gradient ``g_D dJ_D/dF~ + g_MSE 2 (f~ - r) / (B D)`` (backward),
+reading the two weights from device memory: no host synchronisation.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from drcl_fast.kernels.fused_loss import assemble_feature_grad, loss_terms, prepare
+from drcl_fast.kernels.gce import gce_forward
+from drcl_fast.kernels.matmul import INTERPRET, mma
+from drcl_fast.kernels.precision import dot_precision
+
+COS_EPS = 1e-6   # reference.COS_EPS; kernels import nothing from the layers above them
+PAIR_BLOCK = 64
+BLOCK_D = 128 if INTERPRET else 64
+BLOCK_C = 32
+PAIR_WARPS = 8
+
+
+@triton.jit
+def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_ptr, dnf_ptr, dp_ptr,
+                 B, D, C, s_f, s_c, scale, eps, GRAD: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_i = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    if pid_j >= pid_i:
+        ri = pid_i * BLOCK + tl.arange(0, BLOCK)
+        rj = pid_j * BLOCK + tl.arange(0, BLOCK)
+        i_ok = ri < B
+        j_ok = rj < B
+        gram = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+        for d0 in range(0, D, BLOCK_D):
+            rd = d0 + tl.arange(0, BLOCK_D)
+            d_ok = rd < D
+            f_i = tl.load(f_ptr + ri[:, None] * s_f + rd[None, :], mask=i_ok[:, None] & d_ok[None, :], other=0.0)
+            f_j = tl.load(f_ptr + rj[:, None] * s_f + rd[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0)
+            gram = mma(f_i, tl.trans(f_j), gram, PRECISION)
+        g_rr = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+        g_x = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+        g_xt = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            rc = c0 + tl.arange(0, BLOCK_C)
+            m_i = i_ok[:, None] & (rc[None, :] < C)
+            m_j = j_ok[:, None] & (rc[None, :] < C)
+            off_i = ri[:, None] * s_c + rc[None, :]
+            off_j = rj[:, None] * s_c + rc[None, :]
+            y_j = tl.load(y_ptr + off_j, mask=m_j, other=0.0)
+            g_rr = mma(tl.load(yk_ptr + off_i, mask=m_i, other=0.0), tl.trans(y_j), g_rr, PRECISION)
+            g_x = mma(tl.load(y_ptr + off_i, mask=m_i, other=0.0),
+                      tl.trans(tl.load(p_ptr + off_j, mask=m_j, other=0.0)), g_x, PRECISION)
+            g_xt = mma(tl.load(p_ptr + off_i, mask=m_i, other=0.0), tl.trans(y_j), g_xt, PRECISION)
+        nf_i = tl.load(nf_ptr + ri, mask=i_ok, other=0.0)
+        nf_j = tl.load(nf_ptr + rj, mask=j_ok, other=0.0)
+        nr_i = tl.load(nr_ptr + ri, mask=i_ok, other=0.0)
+        nr_j = tl.load(nr_ptr + rj, mask=j_ok, other=0.0)
+        valid = i_ok[:, None] & j_ok[None, :]
+        mirrored = pid_i != pid_j
+
+        # Within: w1 = cos2(r_i, r_j) - cos2(f_i, f_j); the clamp's gradient stops where it binds.
+        den_ff = nf_i[:, None] * nf_j[None, :]
+        d_ff = tl.maximum(den_ff, eps)
+        c_ff = 2.0 * gram / d_ff
+        w1 = tl.where(valid, 2.0 * g_rr / tl.maximum(nr_i[:, None] * nr_j[None, :], eps) - c_ff, 0.0)
+        # Cross: x = cos2(r_i, f_j), xt = cos2(r_j, f_i), w2 = x - xt.
+        d_x = tl.maximum(nr_i[:, None] * nf_j[None, :], eps)
+        d_xt = tl.maximum(nf_i[:, None] * nr_j[None, :], eps)
+        x = 2.0 * g_x / d_x
+        xt = 2.0 * g_xt / d_xt
+        w2 = tl.where(valid, x - xt, 0.0)
+        weight = tl.where(mirrored, 2.0, 1.0)
+        tile = (pid_i * tl.num_programs(1) + pid_j) * 2
+        tl.store(partial_ptr + tile, weight * tl.sum(tl.sum(w1 * w1, axis=1), axis=0))
+        tl.store(partial_ptr + tile + 1, weight * tl.sum(tl.sum(w2 * w2, axis=1), axis=0))
+
+        if GRAD:
+            grad_gram = w1 * (-8.0 * scale) / d_ff                   # 2 dJ/dgram: both triangles
+            grad_den = tl.where(den_ff >= eps, -0.5 * grad_gram * c_ff, 0.0)
+            g = w2 * (4.0 * scale)                                     # dJ/dx; dJ/dxt = -g
+            grad_x = 2.0 * g / d_x
+            grad_xt = -2.0 * g / d_xt
+            den_x_free = nr_i[:, None] * nf_j[None, :] >= eps
+            den_xt_free = nf_i[:, None] * nr_j[None, :] >= eps
+            dnf_i = tl.sum(grad_den * nf_j[None, :], axis=1)
+            dnf_j = tl.sum(tl.where(den_x_free, -g * x / d_x, 0.0) * nr_i[:, None], axis=0)
+            if mirrored:
+                dnf_i += tl.sum(tl.where(den_xt_free, g * xt / d_xt, 0.0) * nr_j[None, :], axis=1)
+                dnf_j += tl.sum(grad_den * nf_i[:, None], axis=0)
+            tl.atomic_add(dnf_ptr + ri, dnf_i, mask=i_ok)
+            tl.atomic_add(dnf_ptr + rj, dnf_j, mask=j_ok)
+
+            for c0 in range(0, C, BLOCK_C):
+                rc = c0 + tl.arange(0, BLOCK_C)
+                m_i = i_ok[:, None] & (rc[None, :] < C)
+                m_j = j_ok[:, None] & (rc[None, :] < C)
+                off_i = ri[:, None] * s_c + rc[None, :]
+                off_j = rj[:, None] * s_c + rc[None, :]
+                y_i = tl.load(y_ptr + off_i, mask=m_i, other=0.0)
+                zero = tl.zeros((BLOCK, BLOCK_C), dtype=ACC)
+                tl.atomic_add(dp_ptr + off_j, mma(tl.trans(grad_x), y_i, zero, PRECISION), mask=m_j)
+                if mirrored:
+                    y_j = tl.load(y_ptr + off_j, mask=m_j, other=0.0)
+                    tl.atomic_add(dp_ptr + off_i, mma(grad_xt, y_j, zero, PRECISION), mask=m_i)
+
+            for d0 in range(0, D, BLOCK_D):
+                rd = d0 + tl.arange(0, BLOCK_D)
+                d_ok = rd < D
+                m_i = i_ok[:, None] & d_ok[None, :]
+                m_j = j_ok[:, None] & d_ok[None, :]
+                zero = tl.zeros((BLOCK, BLOCK_D), dtype=ACC)
+                f_j = tl.load(f_ptr + rj[:, None] * s_f + rd[None, :], mask=m_j, other=0.0)
+                tl.atomic_add(af_ptr + ri[:, None] * s_f + rd[None, :], mma(grad_gram, f_j, zero, PRECISION), mask=m_i)
+                if mirrored:
+                    f_i = tl.load(f_ptr + ri[:, None] * s_f + rd[None, :], mask=m_i, other=0.0)
+                    tl.atomic_add(af_ptr + rj[:, None] * s_f + rd[None, :],
+                                  mma(tl.trans(grad_gram), f_i, zero, PRECISION), mask=m_j)
+
+
+@triton.jit
+def _mse_kernel(f_ptr, y_ptr, l_ptr, d_ptr, out_ptr, g_d_ptr, g_mse_ptr, B, D, C, s_f, s_y, s_l, mse_scale,
+                BACKWARD: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    r_ok = rows < B
+    d_ok = rd < D
+    recast = tl.zeros((BLOCK_B, BLOCK_D), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        rc = c0 + tl.arange(0, BLOCK_C)
+        c_ok = rc < C
+        y = tl.load(y_ptr + rows[:, None] * s_y + rc[None, :], mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+        lr = tl.load(l_ptr + rc[:, None] * s_l + rd[None, :], mask=c_ok[:, None] & d_ok[None, :], other=0.0)
+        recast = mma(y, lr, recast, PRECISION)
+    mask = r_ok[:, None] & d_ok[None, :]
+    offsets = rows[:, None] * s_f + rd[None, :]
+    diff = tl.load(f_ptr + offsets, mask=mask, other=0.0) - recast
+    if BACKWARD:
+        grad = tl.load(g_d_ptr) * tl.load(d_ptr + offsets, mask=mask, other=0.0) + (tl.load(g_mse_ptr) * mse_scale) * diff
+        tl.store(out_ptr + offsets, grad, mask=mask)
+    else:
+        tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1),
+                 tl.sum(tl.sum(diff * diff, axis=1), axis=0))
+
+
+def _kinds(t: torch.Tensor) -> dict:
+    wide = t.dtype == torch.float64
+    return {"PRECISION": dot_precision(wide), "ACC": tl.float64 if wide else tl.float32}
+
+
+def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B^2 J_D, and AF, dnf, dP of ``fused_loss`` (zeros without `need_grad`; inputs contiguous)."""
+    (b, d), c = features.shape, targets.shape[1]
+    blocks = triton.cdiv(b, PAIR_BLOCK)
+    partial = features.new_zeros(blocks * blocks * 2)
+    af, dnf, dp = torch.zeros_like(features), torch.zeros_like(cs.nf), torch.zeros_like(cs.p)
+    extra = {} if INTERPRET else {"num_warps": PAIR_WARPS}
+    _pair_kernel[(blocks, blocks)](
+        features, targets, cs.p, cs.yk, cs.nf, cs.nr, partial, af, dnf, dp, b, d, c,
+        features.stride(0), targets.stride(0), 1.0 / b ** 2, COS_EPS, GRAD=need_grad,
+        BLOCK=PAIR_BLOCK, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, **_kinds(features), **extra)
+    return partial.sum(), af, dnf, dp
+
+
+def _mse_launch(features, targets, pinv, d_features, out, g_d, g_mse, backward: bool) -> None:
+    (b, d), c = features.shape, targets.shape[1]
+    block_b = 32
+    _mse_kernel[(triton.cdiv(b, block_b), triton.cdiv(d, BLOCK_D))](
+        features, targets, pinv, d_features, out, g_d, g_mse, b, d, c,
+        features.stride(0), targets.stride(0), pinv.stride(0), 2.0 / (b * d),
+        BACKWARD=backward, BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, **_kinds(features))
+
+
+def mse(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor) -> torch.Tensor:
+    """J_MSE = mean (f~ - y~ L)^2, with the recast rows formed in registers only."""
+    b, d = features.shape
+    partial = features.new_empty(triton.cdiv(b, 32) * triton.cdiv(d, BLOCK_D))
+    _mse_launch(features, targets, pinv, features, partial, partial, partial, backward=False)
+    return partial.sum() / (b * d)
+
+
+class TritonEngine:
+    """The ``LossEngine`` of the Triton backend."""
+
+    name = "triton"
+
+    def forward(self, features, targets, logits, pinv, q, need_grad=True):
+        features, targets, pinv = features.contiguous(), targets.contiguous(), pinv.contiguous()
+        cs = prepare(features, targets, pinv)
+        j_d, af, dnf, dp = pair_terms(features, targets, cs, need_grad)
+        j_l, d_logits = gce_forward(logits, targets, q)
+        terms = torch.stack([j_l, j_d / features.shape[0] ** 2, mse(features, targets, pinv)])
+        if not need_grad:
+            return terms, None, None
+        return terms, assemble_feature_grad(features, pinv, cs.nf, af, dnf, dp), d_logits
+
+    def feature_grad(self, features, targets, pinv, d_features, g_d, g_mse):
+        features, targets, pinv = features.contiguous(), targets.contiguous(), pinv.contiguous()
+        out = torch.empty_like(features)
+        _mse_launch(features, targets, pinv, d_features.contiguous(), out, g_d.to(features.dtype).contiguous(),
+                    g_mse.to(features.dtype).contiguous(), backward=True)
+        return out
+
+
+ENGINE = TritonEngine()
+
+
+def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                    pinv: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(J_L, J_D, J_MSE), as ``reference.drcl_loss_terms``; gradients reach features and logits."""
+    return loss_terms(ENGINE, features, targets, logits, pinv, q)

@@ -1,0 +1,94 @@
+"""Linear + ReLU with the bias and the ReLU in the GEMM's epilogue, forward and backward.
+
+Forward: ``y = relu(x W^T + b)`` in one Triton GEMM (``matmul.py``). Backward: the
+ReLU's mask is applied as the gradient is loaded by each GEMM (``gate``), so
+``dx = (g * [y > 0]) W`` and ``dW = (g * [y > 0])^T x`` need no masked copy of g;
+``dx`` is skipped when x needs no gradient (the encoder's input).
+
+``impl="vendor"`` runs the same layer on cuBLAS instead: the forward through
+``torch._addmm_activation`` (cuBLASLt's bias+ReLU epilogue), the backward as plain
+GEMMs on a masked gradient. The GPU suite (bench/gpu_train.py) times both in the
+whole RSC step; ``DEFAULT_IMPL`` is the Triton GEMM until a GPU run shows the
+vendor one faster (none has run yet: docs/kernels.md).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from drcl_fast.kernels.matmul import matmul
+from drcl_fast.kernels.precision import get_precision
+
+IMPLS = ("triton", "vendor")
+DEFAULT_IMPL = "triton"
+
+
+@contextlib.contextmanager
+def _vendor_precision() -> Iterator[None]:
+    """cuBLAS at the kernels' precision ("bf16" is handled by casting the operands)."""
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_tf32
+    flags.allow_tf32 = get_precision() != "fp32"
+    try:
+        yield
+    finally:
+        flags.allow_tf32 = before
+
+
+def _vendor_operands(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    low = get_precision() == "bf16" and tensors[0].dtype == torch.float32
+    return [t.to(torch.bfloat16) if low else t for t in tensors]
+
+
+def linear_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
+    if impl == "triton":
+        return matmul(x, weight.t(), bias=bias, relu=True)
+    with _vendor_precision():
+        b, a, w = _vendor_operands(bias, x, weight)
+        return torch._addmm_activation(b, a, w.t()).to(x.dtype)
+
+
+def linear_relu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
+                         impl: str, need_dx: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(dx or None, dW, db) of ``relu(x W^T + b)``, whose output was `out`."""
+    grad = grad.contiguous()   # the gate must share the gradient's strides
+    if impl == "triton":
+        dx = matmul(grad, weight, gate=out) if need_dx else None
+        dw = matmul(grad.t(), x, gate=out.t())
+        return dx, dw, torch.where(out > 0, grad, 0.0).sum(dim=0)
+    masked = torch.where(out > 0, grad, 0.0)
+    with _vendor_precision():
+        g, w, a = _vendor_operands(masked, weight, x)
+        dx = (g @ w).to(x.dtype) if need_dx else None
+        return dx, (g.t() @ a).to(x.dtype), masked.sum(dim=0)
+
+
+class LinearReLU(torch.autograd.Function):
+    """relu(x W^T + b) with fused epilogues; `impl` is "triton" or "vendor"."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
+        out = linear_relu_forward(x, weight, bias, impl)
+        ctx.impl = impl
+        ctx.save_for_backward(x, weight, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, out = ctx.saved_tensors
+        dx, dw, db = linear_relu_backward(grad, x, weight, out, ctx.impl, ctx.needs_input_grad[0])
+        return dx, dw, db, None
+
+
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl: str | None = None
+                ) -> torch.Tensor:
+    """``torch.relu(torch.nn.functional.linear(x, weight, bias))`` through the fused kernels.
+
+    `impl` None: this module's ``DEFAULT_IMPL``, read at each call.
+    """
+    impl = DEFAULT_IMPL if impl is None else impl
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    return LinearReLU.apply(x, weight, bias, impl)

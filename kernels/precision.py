@@ -1,0 +1,45 @@
+"""The matrix-math precision of the Triton kernels: "fp32", "tf32" (default) or "bf16".
+
+Operands and outputs stay float32 whatever is chosen; it picks what the tensor
+cores multiply: float32 exactly ("fp32", IEEE products on the CUDA cores),
+TF32 (10-bit mantissas, float32 accumulation) or bfloat16 (float32 accumulation).
+float64 inputs are always multiplied exactly. The PyTorch reference is not
+affected: it follows torch's own settings.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+_current = ["tf32"]
+
+
+def get_precision() -> str:
+    return _current[0]
+
+
+def set_precision(name: str) -> None:
+    """Choose the Triton kernels' matrix precision for this process."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    _current[0] = name
+
+
+@contextlib.contextmanager
+def precision(name: str) -> Iterator[None]:
+    """Run a block with another matrix precision, then restore the previous one."""
+    before = get_precision()
+    set_precision(name)
+    try:
+        yield
+    finally:
+        set_precision(before)
+
+
+def dot_precision(is_float64: bool) -> str:
+    """The `tl.dot` mode for the current precision ("bf16" casts the operands itself)."""
+    if is_float64 or _current[0] == "fp32":
+        return "ieee"
+    return "bf16" if _current[0] == "bf16" else "tf32"

@@ -1,0 +1,189 @@
+"""The fused RSC loss (restructured PyTorch and Triton) and the Triton GCE against the reference.
+
+Fresh random inputs at shapes that are not multiples of any block size; forward
+terms and both gradients (features, logits) against a float64 reference, by the
+rule of tests/kernel_numerics.py. Triton runs under TRITON_INTERPRET=1 on CPUs.
+"""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from drcl_fast import ops
+from drcl_fast.ops import reference
+from tests.kernel_numerics import (DEVICE, assert_float64_equal, assert_within_rule, generator, needs_triton,
+                                   rel_err)
+
+ENGINES = ["restructured", pytest.param("triton", marks=needs_triton)]
+NAMES = ["J_L", "J_D", "J_MSE", "dJ/dF~", "dJ/dlogits"]
+# (B, D, C): every B in {1, 7, 64, 130}, D in {16, 100, 256}, C in {2, 3, 10, 80, 200}, and C > 256.
+SHAPES = [(1, 16, 2), (7, 100, 3), (64, 256, 10), (130, 16, 80), (130, 100, 200), (7, 256, 80),
+          (64, 16, 200), (130, 256, 3), (64, 100, 2), (7, 16, 300)]
+WEIGHTS = torch.tensor([1.0, 0.1, 0.1], dtype=torch.float64)   # eta, alpha, beta
+
+
+@pytest.fixture(autouse=True)
+def exact_matrix_math():
+    """The Triton kernels multiply in TF32 by default; these tests hold them to float32."""
+    if importlib.util.find_spec("triton") is None:
+        yield
+        return
+    from drcl_fast.kernels.precision import precision
+    with precision("fp32"):
+        yield
+
+
+def loss_fn(engine: str):
+    if engine == "triton":
+        from drcl_fast.kernels import drcl_loss
+        return drcl_loss.drcl_loss_terms
+    from drcl_fast.ops import restructured
+    return restructured.drcl_loss_terms
+
+
+def batch(b: int, d: int, c: int, seed: int, labels: str = "one-hot") -> list[torch.Tensor]:
+    """A mixed batch in float64: f~, y~, f~ W and L = W+ for a random prior W."""
+    g = generator(seed)
+    f = torch.nn.functional.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    perm = torch.randperm(b, generator=g)
+    if labels == "one-hot":
+        y = torch.eye(c, dtype=torch.float64)[torch.randint(0, c, (b,), generator=g)]
+    else:
+        y = (torch.rand(b, c, generator=g, dtype=torch.float64) < 0.3).double()
+        y[torch.arange(b), torch.randint(0, c, (b,), generator=g)] = 1.0   # at least one label each
+    f, y = reference.feature_mixup(f, y, 0.9, perm)
+    w = torch.randn(d, c, generator=g, dtype=torch.float64) / d ** 0.5
+    return [t.to(DEVICE) for t in (f, y, f @ w, torch.linalg.pinv(w))]
+
+
+def outputs(fn, f, y, logits, pinv, q) -> list[torch.Tensor]:
+    """The three terms and the gradients of eta J_L + alpha J_D + beta J_MSE."""
+    f, logits = f.clone().requires_grad_(), logits.clone().requires_grad_()
+    terms = fn(f, y, logits, pinv, q)
+    total = sum(w * t for w, t in zip(WEIGHTS.tolist(), terms))
+    return [*(t.detach() for t in terms), *torch.autograd.grad(total, (f, logits))]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-D{}-C{}".format(*s))
+@pytest.mark.parametrize("labels", ["one-hot", "multi-hot"])
+def test_float32_terms_and_gradients_within_the_rule(engine, shape, labels):
+    q = 0.0 if sum(shape) % 2 else 0.37          # the q = 0 limit and a q > 0 on every engine
+    x64 = batch(*shape, seed=sum(shape), labels=labels)
+    x32 = [t.float() for t in x64]
+    ref64 = outputs(reference.drcl_loss_terms, *x64, q)
+    torch32 = outputs(reference.drcl_loss_terms, *x32, q)
+    assert_within_rule(outputs(loss_fn(engine), *x32, q), torch32, ref64, NAMES)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("shape", [(7, 100, 3), (130, 16, 200)], ids=lambda s: "B{}-D{}-C{}".format(*s))
+def test_float64_matches_the_reference(engine, shape):
+    x64 = batch(*shape, seed=5, labels="multi-hot")
+    assert_float64_equal(outputs(loss_fn(engine), *x64, 1.0), outputs(reference.drcl_loss_terms, *x64, 1.0), NAMES)
+
+
+def clamp_binding_batch() -> list[torch.Tensor]:
+    """Rows where |a| |b| < 1e-6 for many pairs: a zero feature row, tiny feature and recast rows."""
+    f, y, logits, pinv = batch(9, 16, 4, seed=11)
+    f = f.clone()
+    f[0] = 0.0
+    f[1] *= 1e-4
+    f[2] *= 3e-3
+    y = y.clone()
+    y[3] *= 1e-7               # nearly no label (exactly none would make J_L infinite)
+    y[4] *= 1e-5
+    return [f, y, logits, pinv]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_cosine_clamp_where_it_binds(engine):
+    x64 = clamp_binding_batch()
+    f, y, _, pinv = x64
+    nf, nr = f.norm(dim=1), (y @ pinv).norm(dim=1)
+    products = torch.cat([torch.outer(nf, nf), torch.outer(nr, nf), torch.outer(nr, nr)])
+    assert (products < reference.COS_EPS).any() and (products > reference.COS_EPS).any()
+    ref = outputs(reference.drcl_loss_terms, *x64, 0.5)
+    assert all(torch.isfinite(t).all() for t in ref)
+    assert_float64_equal(outputs(loss_fn(engine), *x64, 0.5), ref, NAMES)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_gradcheck_float64(engine):
+    f, y, logits, pinv = batch(5, 16, 3, seed=2, labels="multi-hot")
+    fn = loss_fn(engine)
+
+    def total(features, lg):
+        return torch.stack(fn(features, y, lg, pinv, 0.3))
+
+    assert torch.autograd.gradcheck(total, (f.requires_grad_(), logits.requires_grad_()), fast_mode=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_values_without_gradients_are_the_same_terms(engine):
+    x = batch(64, 100, 10, seed=3)
+    with_grad = outputs(loss_fn(engine), *x, 0.5)[:3]
+    with torch.no_grad():
+        without = loss_fn(engine)(*x, 0.5)
+    for a, b in zip(with_grad, without):
+        assert rel_err(a, b) <= 1e-12
+
+
+def test_auto_on_a_cpu_runs_the_restructured_loss(monkeypatch):
+    from drcl_fast.ops import restructured
+    calls = []
+    forward = restructured.ENGINE.forward
+    monkeypatch.setattr(restructured.ENGINE, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    f, y, logits, pinv = [t.cpu() for t in batch(7, 16, 3, seed=4)]
+    ops.drcl_loss(f.requires_grad_(), y, logits, pinv, 0.5, 0.1, 0.1, 1.0).backward()
+    assert calls and f.grad is not None
+
+
+def test_targets_that_need_gradients_get_them_from_the_reference():
+    f, y, logits, pinv = [t.cpu() for t in batch(7, 16, 3, seed=6)]
+    y = y.clone().requires_grad_()
+    sum(ops.drcl_loss_terms(f, y, logits, pinv, 0.5, backend="restructured")).backward()
+    want = y.grad.clone()
+    y.grad = None
+    sum(reference.drcl_loss_terms(f, y, logits, pinv, 0.5)).backward()
+    torch.testing.assert_close(want, y.grad)
+
+
+@needs_triton
+@pytest.mark.parametrize("q", [0.0, 0.01, 0.5, 1.0])
+@pytest.mark.parametrize("labels", ["one-hot", "multi-hot"])
+@pytest.mark.parametrize("b, c", [(1, 2), (130, 3), (64, 200), (7, 300)])
+def test_triton_gce_within_the_rule(q, labels, b, c):
+    from drcl_fast.kernels.gce import GCE
+    _, y, logits, _ = batch(b, 16, c, seed=b + c, labels=labels)
+    logits = logits * 20.0     # confident rows: softmax far from uniform
+
+    def run(fn, lg, t):
+        lg = lg.clone().requires_grad_()
+        loss = fn(lg, t, q)
+        return [loss.detach(), torch.autograd.grad(loss, lg)[0]]
+
+    ref64 = run(reference.gce_loss, logits, y)
+    torch32 = run(reference.gce_loss, logits.float(), y.float())
+    assert_within_rule(run(GCE.apply, logits.float(), y.float()), torch32, ref64, ["GCE", "dGCE/dlogits"])
+    assert_float64_equal(run(GCE.apply, logits, y), ref64, ["GCE", "dGCE/dlogits"])
+
+
+@needs_triton
+def test_triton_gce_gradcheck_float64():
+    from drcl_fast.kernels.gce import GCE
+    _, y, logits, _ = batch(6, 16, 5, seed=9)
+    for q in (0.0, 0.7):
+        assert torch.autograd.gradcheck(lambda lg: GCE.apply(lg, y, q), (logits.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_registered_custom_op_passes_opcheck(engine):
+    from drcl_fast.ops import custom_ops
+    if not custom_ops.AVAILABLE:
+        pytest.skip("torch.library.custom_op needs torch >= 2.4")
+    f, y, logits, pinv = [t.float() for t in batch(7, 16, 3, seed=8)]
+    torch.library.opcheck(torch.ops.drcl_fast.drcl_loss_forward.default,
+                          (f.requires_grad_(), y, logits.requires_grad_(), pinv, 0.5, engine))

@@ -1,0 +1,117 @@
+"""Nothing lost on interruption: kill -9 at arbitrary points, resume, same result."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io as sio
+import torch
+
+from drcl_fast import ops
+from drcl_fast.errors import CheckpointError, NonFiniteLossError
+from drcl_fast.trainer import fit
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = [sys.executable, "-m", "drcl_fast", "train", "--datasets", "mfeat", "--epochs", "5", "--hidden_shape", "48",
+         "--output_shape", "16", "--batch_size", "200", "--device", "cpu", "--checkpoint_every", "1", "--quiet"]
+
+
+def epoch_lines(log: Path) -> int:
+    if not log.is_file():
+        return 0
+    return sum(1 for line in log.read_text(errors="replace").splitlines() if " epoch " in line and "/5:" in line)
+
+
+def start(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*TRAIN, "--out", str(out), *extra], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run([*TRAIN, "--out", str(reference)], cwd=REPO, check=True, capture_output=True)
+
+    out, log = tmp_path / "killed", tmp_path / "killed" / "logging" / "mfeat.log"
+    rng = random.Random(0)
+    kills, finished = 0, None
+    # 60 epochs in all (6 SPL + 6 RSC units x 5); each life gets this many new epoch lines, then a kill
+    # a random fraction of an epoch later: mid-epoch, mid-checkpoint, mid-output, wherever it lands.
+    for lifetime in (4, 11, 19, 23, 1000):
+        seen = epoch_lines(log)
+        proc = start(out, "--resume")
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and epoch_lines(log) < seen + lifetime and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            finished = proc
+            break
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 3, "the run finished before it could be killed at several points"
+    if finished is None:
+        finished = start(out, "--resume")
+    _, err = finished.communicate(timeout=300)
+    assert finished.returncode == 0, err
+
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
+    for k in range(6):
+        a = sio.loadmat(out / "features" / f"mfeat_{k}.mat")
+        b = sio.loadmat(reference / "features" / f"mfeat_{k}.mat")
+        for key in ("test_fea", "test_pred"):
+            np.testing.assert_array_equal(a[key], b[key])
+    assert not (out / "checkpoints" / "mfeat.pt").exists()    # removed once the run completed
+
+
+def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, tiny_config, monkeypatch):
+    cfg = tiny_config.replace(checkpoint_every=1)
+    real, calls = ops.drcl_loss_terms, []
+
+    def interrupted(*args, **kwargs):  # a Ctrl-C in the third RSC epoch (7 batches + 1 validation each)
+        calls.append(1)
+        if len(calls) > 2 * 8 + 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(mfeat, cfg, progress=False)
+    monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", real)
+
+    state = torch.load(Path(cfg.out) / "checkpoints" / "mfeat.pt", weights_only=True)
+    assert len(state["spl_done"]) == 6 and state["rsc_done"] == []
+    assert (state["unit"]["phase"], state["unit"]["view"], state["unit"]["epoch"]) == ("rsc", 0, 2)
+    with pytest.raises(CheckpointError, match="other settings"):
+        fit(mfeat, cfg.replace(resume=True, alpha=0.2), progress=False)
+    resumed = fit(mfeat, cfg.replace(resume=True), progress=False)
+    plain = fit(mfeat, tiny_config.replace(out=str(Path(cfg.out).parent / "plain"), checkpoint_every=0),
+                progress=False)
+    assert resumed.metrics[0].directions == plain.metrics[0].directions
+    assert [r.scores for r in resumed.spl] == [r.scores for r in plain.spl]
+
+
+def test_non_finite_loss_stops_naming_epoch_and_term_and_keeps_the_checkpoint(mfeat, tiny_config, monkeypatch):
+    cfg = tiny_config.replace(prior="w0", checkpoint_every=1)
+    real = ops.drcl_loss_terms
+
+    def poisoned(features, targets, logits, pinv, q, backend="auto"):
+        j_l, j_d, j_mse = real(features, targets, logits, pinv, q, backend)
+        if q >= 0.03 and features.requires_grad:           # the third epoch of the first modality
+            j_d = j_d * float("nan")
+        return j_l, j_d, j_mse
+
+    monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"'fou', epoch 3: non-finite J_D at batch 1;") as err:
+        fit(mfeat, cfg, progress=False)
+    assert "rsc modality 0, epoch 2" in str(err.value)
+    state = torch.load(Path(cfg.out) / "checkpoints" / "mfeat.pt", weights_only=True)
+    assert state["unit"]["epoch"] == 2
+    assert all(torch.isfinite(p).all() for p in state["unit"]["encoder"].values())
