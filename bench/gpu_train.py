@@ -20,7 +20,9 @@ TRITON_INTERPRET=1 ("auto" is pointed at Triton for the CPU for the run).
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
+import time
 from typing import Callable, Iterator
 
 import torch
@@ -29,6 +31,7 @@ from bench_loss import forward_backward, loss_inputs
 from drcl_fast import backends, ops
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import load_mfeat
+from drcl_fast.data.container import MultiModalData, Split
 from drcl_fast.kernels import linear_relu as linear_relu_module
 from drcl_fast.kernels.linear_relu import linear_relu
 from drcl_fast.kernels.mixup_project import MixupProject
@@ -38,7 +41,6 @@ from drcl_fast.ops import reference
 from drcl_fast.rsc import RSCSettings, batch_loss
 from drcl_fast.spl import ADAM_BETAS, initial_prior
 from drcl_fast.trainer import fit
-from gpu_map import peak_beyond, timed
 
 SECTION = "gpu_train"
 EPS32 = torch.finfo(torch.float32).eps
@@ -73,6 +75,37 @@ def cublas_tf32(enabled: bool) -> Iterator[None]:
         yield
     finally:
         flags.allow_tf32 = before
+
+
+def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
+    """Median seconds per call after one warm-up call (which compiles and autotunes); CUDA events on a GPU."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def peak_mib(fn: Callable[[], object], device: str) -> str:
+    """Device memory one call allocates beyond what was allocated before it (the CPU's is bench/loss_memory.py)."""
+    if device != "cuda":
+        return "n/a"
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return f"{(torch.cuda.max_memory_allocated() - before) / 2**20:.1f} MiB"
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -137,21 +170,21 @@ def loss_speed(suite, cfg: dict, fast: str) -> None:
     for c in cfg["classes"]:
         inputs = [t.to(dev) for t in loss_inputs(b, d, c)]
         with cublas_tf32(False):
-            eager, _ = timed(lambda: forward_backward("torch", *inputs), dev, repeats)
-            comp, _ = timed(lambda: compiled_step(*inputs), dev, repeats)
-            runs = {"restructured": timed(lambda: forward_backward("restructured", *inputs), dev, repeats)[0]}
+            eager = timed(lambda: forward_backward("torch", *inputs), dev, repeats)
+            comp = timed(lambda: compiled_step(*inputs), dev, repeats)
+            runs = {"restructured": timed(lambda: forward_backward("restructured", *inputs), dev, repeats)}
             for name in ("tf32", "fp32"):
                 with precision(name):
-                    runs[f"triton {name}"] = timed(lambda: forward_backward(fast, *inputs), dev, repeats)[0]
-            memory = {name: peak_beyond(lambda: forward_backward(impl, *inputs), dev)
+                    runs[f"triton {name}"] = timed(lambda: forward_backward(fast, *inputs), dev, repeats)
+            memory = {name: peak_mib(lambda: forward_backward(impl, *inputs), dev)
                       for name, impl in (("reference", "torch"), ("triton", fast))}
         case = f"loss fwd+bwd B={b} D={d} C={c}"
         suite.add(SECTION, case, f"eager {eager * 1e3:.2f} ms, torch.compile {comp * 1e3:.2f} ms", "reference")
         for name, seconds in runs.items():
             suite.add(SECTION, case, f"{name} {seconds * 1e3:.2f} ms: {eager / seconds:.2f}x eager, "
                                      f"{comp / seconds:.2f}x compiled", "bars: 3x eager, 1.5x compiled")
-        suite.add(SECTION, case, f"peak beyond inputs: reference {memory['reference']:.3f} GiB, "
-                                 f"triton {memory['triton']:.3f} GiB", "bar: at most half")
+        suite.add(SECTION, case, f"peak beyond inputs: reference {memory['reference']}, triton {memory['triton']}",
+                  "bar: at most half")
 
 
 def matmul_rates(suite, cfg: dict) -> dict[str, float]:
@@ -163,9 +196,9 @@ def matmul_rates(suite, cfg: dict) -> dict[str, float]:
                               ("bf16", torch.bfloat16, False)):
         x, y = a.to(dtype), b.to(dtype)
         with cublas_tf32(tf32):
-            seconds, _ = timed(lambda: x @ y, dev, cfg["repeats"])
+            seconds = timed(lambda: x @ y, dev, cfg["repeats"])
         rates[name] = 2 * n ** 3 / seconds / 1e12
-        suite.add(SECTION, f"torch.mm {n}^3 {name}", f"{rates[name]:.1f} TFLOP/s", "the card's rate")
+        suite.add(SECTION, f"torch.mm {n}^3 {name}", f"{rates[name]:.3g} TFLOP/s", "the card's rate")
     return rates
 
 
@@ -199,9 +232,9 @@ def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
 
     flops = step_flops(b, d_in, h, d)
     with cublas_tf32(False):
-        base, _ = timed(make_step("torch"), dev, cfg["repeats"])
+        base = timed(make_step("torch"), dev, cfg["repeats"])
     case = f"RSC step B={b} d_in={d_in} H={h} D={d} C={c}"
-    suite.add(SECTION, case, f"eager fp32 reference {base * 1e3:.1f} ms, {flops / base / 1e12:.1f} TFLOP/s "
+    suite.add(SECTION, case, f"eager fp32 reference {base * 1e3:.1f} ms, {flops / base / 1e12:.3g} TFLOP/s "
                              f"({flops / base / 1e12 / rates['fp32']:.0%} of fp32 mm)", "reference")
     variants = [("tf32", "triton"), ("fp32", "triton"), ("bf16", "triton"), ("tf32", "vendor")]
     for name, impl in variants:
@@ -209,18 +242,24 @@ def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
         linear_relu_module.DEFAULT_IMPL = impl
         try:
             with precision(name), cublas_tf32(name != "fp32"):
-                seconds, _ = timed(make_step(fast), dev, cfg["repeats"])
+                seconds = timed(make_step(fast), dev, cfg["repeats"])
         finally:
             linear_relu_module.DEFAULT_IMPL = saved
         achieved = flops / seconds / 1e12
         note = "bar: 2x (default precision)" if (name, impl) == ("tf32", "triton") else ""
         suite.add(SECTION, case, f"fast {name} ({impl} GEMMs) {seconds * 1e3:.1f} ms: {base / seconds:.2f}x, "
-                                 f"{achieved:.1f} TFLOP/s ({achieved / rates[name]:.0%} of {name} mm)", note)
+                                 f"{achieved:.3g} TFLOP/s ({achieved / rates[name]:.0%} of {name} mm)", note)
+
+
+def smoke_subset(data: MultiModalData) -> MultiModalData:
+    """Two views and every tenth row of each split (every class stays): seconds under the interpreter."""
+    pick = lambda split: Split([x[::10] for x in split.features[:2]], [y[::10] for y in split.labels[:2]])
+    return MultiModalData(data.name, data.modalities[:2], pick(data.train), pick(data.valid), pick(data.test))
 
 
 def mfeat_precision(suite, fast: str) -> None:
-    data = load_mfeat()
-    small = {"epochs": 1, "spl_epochs": 1, "hidden_shape": 16, "output_shape": 16, "batch_size": 700} \
+    data = smoke_subset(load_mfeat()) if suite.smoke else load_mfeat()
+    small = {"epochs": 1, "spl_epochs": 1, "hidden_shape": 16, "output_shape": 16, "batch_size": 70} \
         if suite.smoke else {}
     maps = {}
     for name in ("tf32", "fp32"):
@@ -229,7 +268,7 @@ def mfeat_precision(suite, fast: str) -> None:
                                     backend=fast, **small)
             maps[name] = fit(data, cfg, progress=False).metrics[0].mean
     gap = abs(maps["tf32"] - maps["fp32"])
-    suite.add(SECTION, "mfeat MAP@all, fast path" + (" (smoke: 1 epoch)" if suite.smoke else ""),
+    suite.add(SECTION, "mfeat MAP@all, fast path" + (" (smoke: 2 views, 1 epoch)" if suite.smoke else ""),
               f"TF32 {maps['tf32']:.4f}, fp32 {maps['fp32']:.4f}, difference {gap:.4f}",
               f"bar {MAP_BAR}: {'ok' if gap <= MAP_BAR else 'FAIL'}")
 

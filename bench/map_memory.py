@@ -41,6 +41,7 @@ def child(folder: str, backend: str, k: int | None, max_memory: int | None) -> N
 
 def measure(size: int, dim: int = 512) -> list[dict]:
     from drcl_fast.data.synthetic import make_retrieval_set
+    from drcl_fast.retrieval import cpp
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for labels, preset in [("single10", "nus-wide-single"), ("multi21", "nus-wide")]:
@@ -50,7 +51,7 @@ def measure(size: int, dim: int = 512) -> list[dict]:
                 np.save(Path(folder) / f"{short}.npy", getattr(data, name).numpy())
             inputs_mib = sum(getattr(data, n).numel() * getattr(data, n).element_size()
                              for n in ("query", "gallery")) / 2**20
-            for backend, k, max_memory in CASES:
+            for backend, k, max_memory in [c for c in CASES if c[0] != "cpp" or cpp.AVAILABLE]:
                 out = subprocess.run([sys.executable, __file__, "--child", folder, backend, str(k), str(max_memory)],
                                      capture_output=True, text=True, check=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])

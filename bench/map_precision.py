@@ -21,18 +21,22 @@ from drcl_fast.data.synthetic import make_retrieval_set
 from drcl_fast.retrieval import cpp, reference
 
 
+# Summing the same precisions in another order moves an AP by ~1e-15; a reordering by far more.
+REORDERED = 1e-12
+
+
 def compare(got: torch.Tensor, expected: torch.Tensor) -> str:
     changed = (got - expected).nan_to_num().abs()
     counted = ~torch.isnan(expected)
     d_map = got[counted].mean().item() - expected[counted].mean().item()
-    return f"{(changed > 0).float().mean().item():.2%} | {changed.max().item():.1e} | {d_map:+.1e}"
+    return f"{(changed > REORDERED).float().mean().item():.2%} | {changed.max().item():.1e} | {d_map:+.1e}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=5_000, help="queries = gallery items")
     args = parser.parse_args(argv)
-    print("| labels | MAP@ | compared | queries whose AP differs | max abs AP difference | MAP difference |")
+    print("| labels | MAP@ | compared | queries reordered (AP moves > 1e-12) | max AP difference | MAP difference |")
     print("|---|---|---|---|---|---|")
     for labels, preset in [("single10", "nus-wide-single"), ("multi21", "nus-wide")]:
         data = make_retrieval_set(preset, 512, num_queries=args.size, gallery_size=args.size, seed=0)

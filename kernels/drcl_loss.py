@@ -28,7 +28,7 @@ from drcl_fast.kernels.matmul import INTERPRET, mma
 from drcl_fast.kernels.precision import dot_precision
 
 COS_EPS = 1e-6   # reference.COS_EPS; kernels import nothing from the layers above them
-PAIR_BLOCK = 64
+PAIR_BLOCK = 128 if INTERPRET else 64   # the interpreter pays per program: fewer, larger tiles
 BLOCK_D = 128 if INTERPRET else 64
 BLOCK_C = 32
 PAIR_WARPS = 8

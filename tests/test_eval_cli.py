@@ -10,7 +10,7 @@ import scipy.io as sio
 import torch
 
 from drcl_fast.cli import main
-from drcl_fast.retrieval import evaluate_directions
+from drcl_fast.retrieval import cpp, evaluate_directions
 
 RESULT_LINE = r"^test resutls@{k}: - mean: \d\.\d{{5}} - detail:(\d\.\d{{5}},){{{n}}}$"
 
@@ -69,7 +69,8 @@ def test_known_dataset_names_and_quiet(tmp_path, capsys):
     assert list(metrics["map_all"]["directions"]) == ["image->text", "text->image"]  # as training names them
 
 
-@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=pytest.mark.skipif(
+    not cpp.AVAILABLE, reason="drcl_fast._map_cpp is not built")), "torch"])
 def test_npz_and_pt_files_multilabel_with_pr_curves(tmp_path, capsys, backend):
     (a, ya), (b, yb), _ = modalities(2, multilabel=True)
     np.savez(tmp_path / "img.npz", embeddings=a, labels=ya)
