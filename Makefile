@@ -11,7 +11,8 @@ DEMO_OUT ?= runs/demo
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py compiles csrc/ (the C++ MAP ranking) into the package: rebuild when it changes.
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"

@@ -12,9 +12,8 @@ go to a small buffer and are added in a fixed order, so the loss value is
 deterministic (the gradients' atomic adds are not, to float32 rounding).
 
 ``_mse_kernel`` recasts ``r = y~ L`` in registers (a C-wide dot per tile, never a
-B x D tensor) and either sums ``(f~ - r)^2`` per tile (forward) or writes the
-features' whole gradient ``g_D dJ_D/dF~ + g_MSE 2 (f~ - r) / (B D)`` (backward),
-reading the two weights from device memory: no host synchronisation.
+B x D tensor), sums ``(f~ - r)^2`` per tile and writes J_MSE's gradient
+``2 (f~ - r) / (B D)`` from the same registers.
 """
 from __future__ import annotations
 
@@ -133,8 +132,8 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
 
 
 @triton.jit
-def _mse_kernel(f_ptr, y_ptr, l_ptr, d_ptr, out_ptr, g_d_ptr, g_mse_ptr, B, D, C, s_f, s_y, s_l, mse_scale,
-                BACKWARD: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+def _mse_kernel(f_ptr, y_ptr, l_ptr, grad_ptr, partial_ptr, B, D, C, s_f, s_y, s_l, grad_scale,
+                GRAD: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -150,12 +149,10 @@ def _mse_kernel(f_ptr, y_ptr, l_ptr, d_ptr, out_ptr, g_d_ptr, g_mse_ptr, B, D, C
     mask = r_ok[:, None] & d_ok[None, :]
     offsets = rows[:, None] * s_f + rd[None, :]
     diff = tl.load(f_ptr + offsets, mask=mask, other=0.0) - recast
-    if BACKWARD:
-        grad = tl.load(g_d_ptr) * tl.load(d_ptr + offsets, mask=mask, other=0.0) + (tl.load(g_mse_ptr) * mse_scale) * diff
-        tl.store(out_ptr + offsets, grad, mask=mask)
-    else:
-        tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1),
-                 tl.sum(tl.sum(diff * diff, axis=1), axis=0))
+    tl.store(partial_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1),
+             tl.sum(tl.sum(diff * diff, axis=1), axis=0))
+    if GRAD:
+        tl.store(grad_ptr + offsets, grad_scale * diff, mask=mask)
 
 
 def _kinds(t: torch.Tensor) -> dict:
@@ -178,21 +175,18 @@ def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: boo
     return partial.sum(), af, dnf, dp
 
 
-def _mse_launch(features, targets, pinv, d_features, out, g_d, g_mse, backward: bool) -> None:
+def mse(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor, need_grad: bool = True
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """J_MSE = mean (f~ - y~ L)^2 and its gradient, the recast rows formed in registers only."""
     (b, d), c = features.shape, targets.shape[1]
     block_b = 32
-    _mse_kernel[(triton.cdiv(b, block_b), triton.cdiv(d, BLOCK_D))](
-        features, targets, pinv, d_features, out, g_d, g_mse, b, d, c,
-        features.stride(0), targets.stride(0), pinv.stride(0), 2.0 / (b * d),
-        BACKWARD=backward, BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, **_kinds(features))
-
-
-def mse(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor) -> torch.Tensor:
-    """J_MSE = mean (f~ - y~ L)^2, with the recast rows formed in registers only."""
-    b, d = features.shape
-    partial = features.new_empty(triton.cdiv(b, 32) * triton.cdiv(d, BLOCK_D))
-    _mse_launch(features, targets, pinv, features, partial, partial, partial, backward=False)
-    return partial.sum() / (b * d)
+    grid = (triton.cdiv(b, block_b), triton.cdiv(d, BLOCK_D))
+    partial = features.new_empty(grid[0] * grid[1])
+    grad = torch.empty_like(features) if need_grad else partial
+    _mse_kernel[grid](features, targets, pinv, grad, partial, b, d, c,
+                      features.stride(0), targets.stride(0), pinv.stride(0), 2.0 / (b * d),
+                      GRAD=need_grad, BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, **_kinds(features))
+    return partial.sum() / (b * d), (grad if need_grad else None)
 
 
 class TritonEngine:
@@ -205,17 +199,11 @@ class TritonEngine:
         cs = prepare(features, targets, pinv)
         j_d, af, dnf, dp = pair_terms(features, targets, cs, need_grad)
         j_l, d_logits = gce_forward(logits, targets, q)
-        terms = torch.stack([j_l, j_d / features.shape[0] ** 2, mse(features, targets, pinv)])
+        j_mse, d_mse = mse(features, targets, pinv, need_grad)
+        terms = torch.stack([j_l, j_d / features.shape[0] ** 2, j_mse])
         if not need_grad:
-            return terms, None, None
-        return terms, assemble_feature_grad(features, pinv, cs.nf, af, dnf, dp), d_logits
-
-    def feature_grad(self, features, targets, pinv, d_features, g_d, g_mse):
-        features, targets, pinv = features.contiguous(), targets.contiguous(), pinv.contiguous()
-        out = torch.empty_like(features)
-        _mse_launch(features, targets, pinv, d_features.contiguous(), out, g_d.to(features.dtype).contiguous(),
-                    g_mse.to(features.dtype).contiguous(), backward=True)
-        return out
+            return terms, None, None, None
+        return terms, assemble_feature_grad(features, pinv, cs.nf, af, dnf, dp), d_mse, d_logits
 
 
 ENGINE = TritonEngine()

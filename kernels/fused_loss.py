@@ -1,9 +1,9 @@
 """The fused RSC loss's backend-neutral half: C-space algebra and the autograd Function.
 
 Both fast loss engines (Triton tiles in ``drcl_loss.py``, PyTorch row panels in
-``drcl_fast.ops.restructured``) compute (J_L, J_D, J_MSE) *and* the gradients of
-J_D and J_L in one forward pass, never holding a B x B matrix, from the same
-C-space pieces (DESIGN.md section 4):
+``drcl_fast.ops.restructured``) compute (J_L, J_D, J_MSE) *and* their gradients
+in one forward pass, never holding a B x B matrix, from the same C-space pieces
+(DESIGN.md section 4):
 
 - ``P = F~ L^T`` (B x C), so ``r_i . f~_j = y~_i . P_j`` (the cross Gram is B x C x B);
 - ``YK = y~ (L L^T)`` (B x C), so ``r_i . r_j = YK_i . y~_j`` and ``|r_i|^2 = YK_i . y~_i``;
@@ -12,7 +12,7 @@ C-space pieces (DESIGN.md section 4):
 An engine reduces the B x B pairs to ``AF`` (the Gram's gradient times F~, B x D),
 ``dnf`` (the gradient of the row norms |f~_i|, B) and ``dP`` (the gradient of P,
 B x C); :func:`assemble_feature_grad` turns those into dJ_D/dF~. J_MSE's gradient
-``2 (F~ - y~ L) / (B D)`` is cheap to recompute, so only J_D's and J_L's are kept.
+``2 (F~ - y~ L) / (B D)`` and J_L's come from the same pass; the backward scales the three.
 
 This module needs no Triton: the CPU path runs where Triton is not installed.
 """
@@ -54,24 +54,11 @@ class LossEngine(Protocol):
     """One fast implementation of the RSC loss terms."""
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
-                pinv: torch.Tensor, q: float, need_grad: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(terms, dJ_D/dF~, dJ_L/dlogits): terms = (J_L, J_D, J_MSE) as one 3-vector.
+                pinv: torch.Tensor, q: float, need_grad: bool = True) -> tuple[torch.Tensor, ...]:
+        """(terms, dJ_D/dF~, dJ_MSE/dF~, dJ_L/dlogits), terms = (J_L, J_D, J_MSE) as one 3-vector.
 
-        Without `need_grad` (validation) the two gradients are skipped and None.
+        Without `need_grad` (validation) the gradients are skipped and None.
         """
-
-    def feature_grad(self, features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor,
-                     d_features: torch.Tensor, g_d: torch.Tensor, g_mse: torch.Tensor) -> torch.Tensor:
-        """g_d dJ_D/dF~ + g_mse dJ_MSE/dF~, with dJ_MSE/dF~ = 2 (F~ - y~ L) / (B D)."""
-
-
-def backward(engine: LossEngine, features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor,
-             d_features: torch.Tensor, d_logits: torch.Tensor, g_terms: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of sum_t g_t J_t for features and logits, from the forward's saved gradients."""
-    return (engine.feature_grad(features, targets, pinv, d_features, g_terms[1], g_terms[2]),
-            d_logits * g_terms[0])
 
 
 def loss_terms(engine: LossEngine, features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
@@ -82,24 +69,27 @@ def loss_terms(engine: LossEngine, features: torch.Tensor, targets: torch.Tensor
     return tuple(engine.forward(features, targets, logits, pinv, q, need_grad=False)[0].unbind())
 
 
+def combine(g_terms: torch.Tensor, d_features_d: torch.Tensor, d_features_mse: torch.Tensor,
+            d_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of sum_t g_t J_t for features and logits, from the forward's per-term gradients."""
+    return torch.addcmul(d_features_mse * g_terms[2], d_features_d, g_terms[1]), d_logits * g_terms[0]
+
+
 class FusedDRCLLoss(torch.autograd.Function):
     """(J_L, J_D, J_MSE) with gradients for features and logits; targets and L are constants.
 
-    The engine computes J_D's and J_L's gradients in the forward pass, so the
-    backward only scales them: no B x B product runs twice.
+    The engine forms each term's gradient in the forward pass, so the backward
+    only scales and adds them: nothing is recomputed.
     """
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
                 pinv: torch.Tensor, q: float, engine: LossEngine) -> torch.Tensor:
-        terms, d_features, d_logits = engine.forward(features, targets, logits, pinv, q)
-        ctx.engine = engine
-        ctx.save_for_backward(features, targets, pinv, d_features, d_logits)
+        terms, *grads = engine.forward(features, targets, logits, pinv, q)
+        ctx.save_for_backward(*grads)
         return terms
 
     @staticmethod
     def backward(ctx, g_terms: torch.Tensor):
-        features, targets, pinv, d_features, d_logits = ctx.saved_tensors
-        grad_features, grad_logits = backward(ctx.engine, features, targets, pinv, d_features, d_logits,
-                                              g_terms)
+        grad_features, grad_logits = combine(g_terms, *ctx.saved_tensors)
         return grad_features, None, grad_logits, None, None, None

@@ -11,7 +11,7 @@ import importlib
 import pytest
 import torch
 
-from drcl_fast import ops
+from drcl_fast import backends, ops
 from drcl_fast.ops import reference
 from tests.kernel_numerics import (DEVICE, assert_float64_equal, assert_within_rule, generator, needs_triton,
                                    rel_err)
@@ -85,22 +85,25 @@ def test_float64_matches_the_reference(engine, shape):
     assert_float64_equal(outputs(loss_fn(engine), *x64, 1.0), outputs(reference.drcl_loss_terms, *x64, 1.0), NAMES)
 
 
-def clamp_binding_batch() -> list[torch.Tensor]:
-    """Rows where |a| |b| < 1e-6 for many pairs: a zero feature row, tiny feature and recast rows."""
+def clamp_binding_batch(case: str) -> list[torch.Tensor]:
+    """Rows where |a| |b| < 1e-6 for some pairs."""
     f, y, logits, pinv = batch(9, 16, 4, seed=11)
-    f = f.clone()
-    f[0] = 0.0
-    f[1] *= 1e-4
-    f[2] *= 3e-3
-    y = y.clone()
-    y[3] *= 1e-7               # nearly no label (exactly none would make J_L infinite)
-    y[4] *= 1e-5
+    f, y = f.clone(), y.clone()
+    if case == "features and recast rows":    # a zero feature row, tiny feature and recast rows
+        f[0] = 0.0
+        f[1] *= 1e-4
+        f[2] *= 3e-3
+        y[3] *= 1e-7                           # nearly no label (exactly none would make J_L infinite)
+        y[4] *= 1e-5
+    else:                                      # only |r_i|^2 < 1e-6 < |r_i| |f_j|: the (i, i) pair binds
+        y[3] *= 5e-4 / float((y[3] @ pinv).norm())
     return [f, y, logits, pinv]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_the_cosine_clamp_where_it_binds(engine):
-    x64 = clamp_binding_batch()
+@pytest.mark.parametrize("case", ["features and recast rows", "one recast row"])
+def test_the_cosine_clamp_where_it_binds(engine, case):
+    x64 = clamp_binding_batch(case)
     f, y, _, pinv = x64
     nf, nr = f.norm(dim=1), (y @ pinv).norm(dim=1)
     products = torch.cat([torch.outer(nf, nf), torch.outer(nr, nf), torch.outer(nr, nr)])
@@ -139,6 +142,23 @@ def test_auto_on_a_cpu_runs_the_restructured_loss(monkeypatch):
     f, y, logits, pinv = [t.cpu() for t in batch(7, 16, 3, seed=4)]
     ops.drcl_loss(f.requires_grad_(), y, logits, pinv, 0.5, 0.1, 0.1, 1.0).backward()
     assert calls and f.grad is not None
+
+
+@needs_triton
+def test_deterministic_mode_leaves_the_triton_kernels(monkeypatch):
+    from drcl_fast.ops import restructured
+    calls = []
+    forward = restructured.ENGINE.forward
+    monkeypatch.setattr(restructured.ENGINE, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    monkeypatch.setitem(backends.AUTO_PREFERENCE, torch.device(DEVICE).type, ("triton", "torch"))
+    f, y, logits, pinv = batch(7, 16, 3, seed=4)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.warns(RuntimeWarning, match="deterministic"):
+            ops.drcl_loss_terms(f, y, logits, pinv, 0.5)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert calls
 
 
 def test_targets_that_need_gradients_get_them_from_the_reference():

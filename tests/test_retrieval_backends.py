@@ -256,7 +256,8 @@ def test_without_the_extension_auto_falls_back_and_says_so_once(monkeypatch):
 
 
 def test_triton_backend_refuses_cpu_tensors():
-    with pytest.raises(BackendError, match="needs CUDA tensors"):
+    reason = "needs CUDA tensors" if triton_backend.AVAILABLE else "backend 'triton' is not available here"
+    with pytest.raises(BackendError, match=reason):
         evaluate_map(np.eye(2), [0, 1], np.eye(2), [0, 1], backend="triton")
 
 

@@ -1,10 +1,11 @@
 """Training with the fast backends against the reference: same seed, same curves, same MAP.
 
 Tolerances (float32), established by measuring these runs (docs/kernels.md):
-the restructured loss over 300 RSC steps per view keeps every epoch's mean J within
-1e-3 relative of the reference's (measured: 7e-5) and the final MAP@all within
-0.002 (measured: 2e-4); the Triton kernels, under the interpreter, over 20 steps,
-within 1e-4 (measured: below 1e-6).
+the restructured loss over 300 RSC steps per view keeps every epoch's mean training
+and validation J within 2e-3 relative of the reference's (measured: 3.2e-4) and the
+final MAP@all within 0.004 (measured: 4e-4); the Triton kernels, under the
+interpreter, over 20 steps, within 1e-4 (measured: 1.2e-7). Rounding differences
+grow over training, so the bounds widen with the number of steps.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from drcl_fast.spl import initial_prior
 from tests.kernel_numerics import HAVE_TRITON
 
 VIEWS = (0, 3)   # fou and pix: the weakest and a strong view of mfeat
-J_TOLERANCE, MAP_TOLERANCE = 1e-3, 2e-3
+J_TOLERANCE, MAP_TOLERANCE = 2e-3, 4e-3
 
 
 def train_views(mfeat, backend: str, epochs: int, hidden: int, batch: int) -> list:
@@ -72,8 +73,10 @@ def compiled_step_available() -> bool:
 
 
 @pytest.mark.skipif(not compiled_step_available(), reason="needs torch.library.custom_op and torch.compile")
-def test_a_training_step_compiles_whole_and_matches_eager(mfeat):
+def test_a_training_step_compiles_whole_and_matches_eager(mfeat, monkeypatch, tmp_path):
     """torch.compile(fullgraph=True) captures encode, Mixup, the fused loss and its backward."""
+    # A fresh inductor cache: a cached graph from an older version of the ops would be reused.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
     data = ModalityData.from_dataset(mfeat, 0, torch.device("cpu"))
     prior = initial_prior(16, mfeat.num_classes, seed=1)

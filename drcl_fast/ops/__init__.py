@@ -8,7 +8,9 @@
 
 "auto" takes the first available of ``backends.AUTO_PREFERENCE`` for the tensors'
 device. The fused paths treat targets, L = W+ and the prior as constants (as RSC
-does); if one of them requires a gradient, the reference runs instead.
+does); if one of them requires a gradient, the reference runs instead. Under
+``torch.use_deterministic_algorithms(True)`` "triton" gives way to "restructured":
+its atomic adds and autotuned blocks are not bitwise reproducible.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from drcl_fast.backends import choose
+from drcl_fast.backends import choose, say_once
 from drcl_fast.ops import custom_ops, reference, restructured
 from drcl_fast.ops.pinv import prior_pinv
 from drcl_fast.ops.reference import feature_mixup, gce_q, mix_rows
@@ -35,30 +37,28 @@ __all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "linear_relu", "mixup_pro
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
-def _eager_or_compiled(name: str, eager: Callable | None) -> Callable | None:
+def _eager_or_compiled(eager: Callable | None, compiled: Callable | None) -> Callable | None:
     """`eager` (an autograd Function's entry) normally; its custom op while torch.compile traces."""
-    compiled = custom_ops.ops.get(name)
     if eager is None or compiled is None:
         return eager
     return lambda *args: (compiled if _is_compiling() else eager)(*args)
 
 
-def _loss_engine(engine: str, eager: Callable | None) -> Callable | None:
-    compiled = custom_ops.ops.get("drcl_loss_terms")
-    if eager is None or compiled is None:
-        return eager
-    return lambda *args: compiled(*args, engine) if _is_compiling() else eager(*args)
+def _loss_op(engine: str) -> Callable | None:
+    op = custom_ops.ops.get("drcl_loss_terms")
+    return None if op is None else (lambda *args: op(*args, engine))
 
 
 _GCE = {"torch": reference.gce_loss,
-        "triton": _eager_or_compiled("gce_loss", _TritonGCE and _TritonGCE.apply)}
+        "triton": _eager_or_compiled(_TritonGCE and _TritonGCE.apply, custom_ops.ops.get("gce_loss"))}
 _DRCL_TERMS = {"torch": reference.drcl_loss_terms,
-               "restructured": _loss_engine("restructured", restructured.drcl_loss_terms),
-               "triton": _loss_engine("triton", _triton_loss and _triton_loss.drcl_loss_terms)}
+               "restructured": _eager_or_compiled(restructured.drcl_loss_terms, _loss_op("restructured")),
+               "triton": _eager_or_compiled(_triton_loss and _triton_loss.drcl_loss_terms, _loss_op("triton"))}
 _LINEAR_RELU = {"torch": reference.linear_relu,
-                "triton": _eager_or_compiled("linear_relu", _triton_linear_relu)}
+                "triton": _eager_or_compiled(_triton_linear_relu, custom_ops.ops.get("linear_relu"))}
 _MIXUP_PROJECT = {"torch": reference.mixup_project,
-                  "triton": _eager_or_compiled("mixup_project", _TritonMixupProject and _TritonMixupProject.apply)}
+                  "triton": _eager_or_compiled(_TritonMixupProject and _TritonMixupProject.apply,
+                                               custom_ops.ops.get("mixup_project"))}
 _REGISTRIES = {"gce_loss": _GCE, "drcl_loss": _DRCL_TERMS, "linear_relu": _LINEAR_RELU,
                "mixup_project": _MIXUP_PROJECT}
 
@@ -70,9 +70,15 @@ def check_backend(backend: str, device: torch.device | str) -> None:
 
 
 def _pick(op: str, backend: str, device: torch.device, *constants: torch.Tensor) -> Callable:
+    impls = _REGISTRIES[op]
     if any(t.requires_grad for t in constants):
-        return _REGISTRIES[op]["torch"]
-    return choose(op, backend, device, _REGISTRIES[op])
+        return impls["torch"]
+    fn = choose(op, backend, device, impls)
+    if fn is impls["triton"] and torch.are_deterministic_algorithms_enabled():
+        say_once((op, "deterministic"), f"{op}: deterministic algorithms are on, and the Triton kernels add "
+                                        f"with atomics and autotune their blocks; using 'restructured'")
+        return choose(op, "restructured", device, impls)
+    return fn
 
 
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float, backend: str = "auto") -> torch.Tensor:

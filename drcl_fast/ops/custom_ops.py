@@ -28,39 +28,24 @@ ENGINES: dict[str, fused_loss.LossEngine] = {"restructured": restructured.ENGINE
 ops: dict[str, Callable] = {}   # public name -> function calling the registered op
 
 
-def _non_differentiable(ctx, *tensors: Tensor) -> None:
-    ctx.mark_non_differentiable(*tensors)
-
-
 def _register_loss() -> None:
     @torch.library.custom_op("drcl_fast::drcl_loss_forward", mutates_args=())
     def loss_forward(features: Tensor, targets: Tensor, logits: Tensor, pinv: Tensor, q: float,
-                     engine: str) -> tuple[Tensor, Tensor, Tensor]:
+                     engine: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return ENGINES[engine].forward(features, targets, logits, pinv, q)
 
     @loss_forward.register_fake
     def _(features, targets, logits, pinv, q, engine):
-        return features.new_empty(3), torch.empty_like(features), torch.empty_like(logits)
-
-    @torch.library.custom_op("drcl_fast::drcl_loss_feature_grad", mutates_args=())
-    def feature_grad(features: Tensor, targets: Tensor, pinv: Tensor, d_features: Tensor, g_d: Tensor,
-                     g_mse: Tensor, engine: str) -> Tensor:
-        return ENGINES[engine].feature_grad(features, targets, pinv, d_features, g_d, g_mse)
-
-    @feature_grad.register_fake
-    def _(features, targets, pinv, d_features, g_d, g_mse, engine):
-        return torch.empty_like(features)
+        return features.new_empty(3), torch.empty_like(features), torch.empty_like(features), \
+            torch.empty_like(logits)
 
     def setup(ctx, inputs, output):
-        features, targets, _, pinv, _, ctx.engine = inputs
-        _, d_features, d_logits = output
-        _non_differentiable(ctx, d_features, d_logits)
-        ctx.save_for_backward(features, targets, pinv, d_features, d_logits)
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*output[1:])
 
-    def backward(ctx, g_terms, _g_df, _g_dl):
-        features, targets, pinv, d_features, d_logits = ctx.saved_tensors
-        grad = feature_grad(features, targets, pinv, d_features, g_terms[1], g_terms[2], ctx.engine)
-        return grad, None, d_logits * g_terms[0], None, None, None
+    def backward(ctx, g_terms, *_unused):
+        grad_features, grad_logits = fused_loss.combine(g_terms, *ctx.saved_tensors)
+        return grad_features, None, grad_logits, None, None, None
 
     loss_forward.register_autograd(backward, setup_context=setup)
 
@@ -84,7 +69,7 @@ def _register_triton() -> None:
         return logits.new_empty(()), torch.empty_like(logits)
 
     def gce_setup(ctx, inputs, output):
-        _non_differentiable(ctx, output[1])
+        ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(output[1])
 
     def gce_backward(ctx, g, _g_grad):
@@ -151,7 +136,7 @@ def _register_triton() -> None:
     def mix_setup(ctx, inputs, output):
         hidden, head_weight, permutation, ctx.gamma, prior = inputs
         _, _, z, sq = output
-        _non_differentiable(ctx, z, sq)
+        ctx.mark_non_differentiable(z, sq)
         ctx.save_for_backward(hidden, head_weight, z, sq, permutation, prior)
 
     def mix_backward_rule(ctx, d_mixed, d_logits, _dz, _dsq):

@@ -74,8 +74,9 @@ def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if features_key in arrays and labels_key in arrays:
             features = np.asarray(arrays[features_key])
             labels = np.asarray(arrays[labels_key])
-            # .mat files store vectors as 1 x n (or n x 1) matrices: class ids either way.
-            return features, labels.reshape(-1) if labels.ndim == 2 and min(labels.shape) == 1 else labels
+            # .mat files store a vector of n class ids as a 1 x n (or n x 1) matrix.
+            is_vector = labels.ndim == 2 and 1 in labels.shape and labels.size == len(features)
+            return features, labels.reshape(-1) if is_vector else labels
     keys = sorted(k for k in arrays if not k.startswith("__"))
     raise DataError(f"{path} has keys {keys}; expected test_fea and test_lab (the released layout) "
                     f"or embeddings and labels")

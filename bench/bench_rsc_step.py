@@ -1,0 +1,56 @@
+"""One whole RSC step on the CPU (encode, Mixup, loss, backward, Adam): reference against restructured.
+
+    OMP_NUM_THREADS=2 .venv/bin/python -m pytest bench/bench_rsc_step.py --benchmark-json=bench/results/rsc_step_cpu.json
+    .venv/bin/python bench/loss_table.py bench/results/rsc_step_cpu.json > bench/results/rsc_step_cpu.md
+
+Two shapes: the `make demo` preset (B = 140, d_in = 240, H = 1,024, D = 512, C = 10),
+where the encoder's GEMMs dominate, and a loss-heavy one (B = 1,024, d_in = 256,
+H = 1,024, D = 2,048, C = 10). What the loss's speed-up buys end to end on a CPU.
+`DRCL_BENCH_SIZE=tiny` shrinks both.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from drcl_fast import ops
+from drcl_fast.model import seeded_encoder
+from drcl_fast.rsc import RSCSettings, batch_loss
+from drcl_fast.spl import ADAM_BETAS, initial_prior
+
+TINY = os.environ.get("DRCL_BENCH_SIZE") == "tiny"
+SHAPES = {"demo": (140, 240, 1024, 512, 10), "loss-heavy": (1024, 256, 1024, 2048, 10)}
+if TINY:
+    SHAPES = {"demo": (28, 24, 32, 16, 10), "loss-heavy": (64, 16, 32, 64, 10)}
+
+
+def make_step(backend: str, b: int, d_in: int, h: int, d: int, c: int):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, d_in, generator=g)
+    targets = torch.eye(c)[torch.randint(0, c, (b,), generator=g)]
+    perm = torch.randperm(b, generator=g)
+    prior = initial_prior(d, c, seed=1)
+    pinv = ops.prior_pinv(prior)
+    encoder = seeded_encoder(d_in, h, d, seed=1)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-5, betas=ADAM_BETAS)
+    settings = RSCSettings(lr=1e-5, epochs=1, batch_size=b, hidden_dim=h, backend=backend)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = batch_loss(encoder, x, targets, perm, prior, pinv, 0.5, settings)[0]
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("impl", ["torch", "restructured"])
+def test_rsc_step(benchmark, impl, shape):
+    b, d_in, h, d, c = SHAPES[shape]
+    assert make_step(impl, *SHAPES[shape])() == pytest.approx(make_step("torch", *SHAPES[shape])(), rel=1e-5)
+    benchmark.group = f"RSC step {shape} B={b} d_in={d_in} H={h} D={d} C={c}"
+    benchmark.extra_info.update(impl=impl, threads=torch.get_num_threads())
+    benchmark.pedantic(make_step(impl, *SHAPES[shape]), rounds=7, iterations=1, warmup_rounds=1)
