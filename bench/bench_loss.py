@@ -1,7 +1,8 @@
 """The RSC loss forward+backward on the CPU: the reference against the restructured fast path.
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m pytest bench/bench_loss.py --benchmark-json=bench/results/loss_cpu.json
-    .venv/bin/python bench/loss_table.py bench/results/loss_cpu.json --memory > bench/results/loss_cpu.md
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python -m pytest bench/bench_loss.py bench/bench_rsc_step.py \
+        --benchmark-json=bench/results/loss_cpu.json
+    PYTHONPATH=. .venv/bin/python bench/loss_table.py bench/results/loss_cpu.json --memory > bench/results/loss_cpu.md
 
 B = 1,024, D = 2,048, C = 10 and 200: a mixed batch of unit rows (gamma = 0.9),
 mixed one-hot targets, L = W+ of an orthonormal prior, q = 0.5, J = J_L + 0.1 J_D

@@ -1,7 +1,7 @@
 """One whole RSC step on the CPU (encode, Mixup, loss, backward, Adam): reference against restructured.
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m pytest bench/bench_rsc_step.py --benchmark-json=bench/results/rsc_step_cpu.json
-    .venv/bin/python bench/loss_table.py bench/results/rsc_step_cpu.json > bench/results/rsc_step_cpu.md
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python -m pytest bench/bench_loss.py bench/bench_rsc_step.py \
+        --benchmark-json=bench/results/loss_cpu.json           # with the loss cases: one table (bench_loss.py)
 
 Two shapes: the `make demo` preset (B = 140, d_in = 240, H = 1,024, D = 512, C = 10),
 where the encoder's GEMMs dominate, and a loss-heavy one (B = 1,024, d_in = 256,

@@ -250,10 +250,10 @@ def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
         finally:
             linear_relu_module.DEFAULT_IMPL = saved
         achieved = flops / seconds / 1e12
+        share = achieved / rates.get(name, float("nan"))
         note = "bar: 2x (default precision)" if (name, impl) == ("tf32", "triton") else ""
         suite.add(SECTION, case, f"fast {name} ({impl} GEMMs) {seconds * 1e3:.1f} ms: {base / seconds:.2f}x, "
-                                 f"{achieved:.3g} TFLOP/s ({achieved / rates.get(name, float('nan')):.0%} of {name} mm)",
-                  note)
+                                 f"{achieved:.3g} TFLOP/s ({share:.0%} of {name} mm)", note)
 
 
 def smoke_subset(data: MultiModalData) -> MultiModalData:

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from drcl_fast.kernels.fused_loss import assemble_feature_grad, loss_terms, prepare
+from drcl_fast.kernels.fused_loss import loss_terms, prepare
 from drcl_fast.kernels.gce import gce_forward
 from drcl_fast.kernels.matmul import INTERPRET, mma
 from drcl_fast.kernels.precision import dot_precision
@@ -162,7 +162,7 @@ def _kinds(t: torch.Tensor) -> dict:
 
 def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """B^2 J_D, and AF, dnf, dP of ``fused_loss`` (zeros without `need_grad`; inputs contiguous)."""
+    """B^2 J_D, and AF, dnf, dP for :func:`assemble_feature_grad` (zeros without `need_grad`)."""
     (b, d), c = features.shape, targets.shape[1]
     blocks = triton.cdiv(b, PAIR_BLOCK)
     partial = features.new_zeros(blocks * blocks * 2)
@@ -189,10 +189,19 @@ def mse(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor, need_
     return partial.sum() / (b * d), (grad if need_grad else None)
 
 
+def assemble_feature_grad(features: torch.Tensor, pinv: torch.Tensor, nf: torch.Tensor,
+                          af: torch.Tensor, dnf: torch.Tensor, dp: torch.Tensor) -> torch.Tensor:
+    """dJ_D/dF~ = AF + (dnf / |f~|) f~ + dP L, written into `af`'s storage.
+
+    A zero row has no direction: its norm's gradient is taken as 0, as torch's norm does.
+    """
+    scale = torch.where(nf > 0, dnf / nf.clamp_min(torch.finfo(nf.dtype).tiny), torch.zeros_like(nf))
+    af.addcmul_(features, scale[:, None])
+    return af.addmm_(dp, pinv)
+
+
 class TritonEngine:
     """The ``LossEngine`` of the Triton backend."""
-
-    name = "triton"
 
     def forward(self, features, targets, logits, pinv, q, need_grad=True):
         features, targets, pinv = features.contiguous(), targets.contiguous(), pinv.contiguous()

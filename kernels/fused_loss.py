@@ -1,4 +1,4 @@
-"""The fused RSC loss's backend-neutral half: C-space algebra and the autograd Function.
+"""The fused RSC loss's backend-neutral half: C-space pieces and the autograd Function.
 
 Both fast loss engines (Triton tiles in ``drcl_loss.py``, PyTorch row panels in
 ``drcl_fast.ops.restructured``) compute (J_L, J_D, J_MSE) *and* their gradients
@@ -9,11 +9,7 @@ in one forward pass, never holding a B x B matrix, from the same C-space pieces
 - ``YK = y~ (L L^T)`` (B x C), so ``r_i . r_j = YK_i . y~_j`` and ``|r_i|^2 = YK_i . y~_i``;
 - only ``F~ F~^T`` is a B x B x D product.
 
-An engine reduces the B x B pairs to ``AF`` (the Gram's gradient times F~, B x D),
-``dnf`` (the gradient of the row norms |f~_i|, B) and ``dP`` (the gradient of P,
-B x C); :func:`assemble_feature_grad` turns those into dJ_D/dF~. J_MSE's gradient
-``2 (F~ - y~ L) / (B D)`` and J_L's come from the same pass; the backward scales the three.
-
+The Function saves the three gradients and its backward only scales and adds them.
 This module needs no Triton: the CPU path runs where Triton is not installed.
 """
 from __future__ import annotations
@@ -32,22 +28,19 @@ class CSpace(NamedTuple):
     yk: torch.Tensor   # y~ L L^T (B x C)
 
 
-def prepare(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor) -> CSpace:
-    p = features @ pinv.t()
-    yk = targets @ (pinv @ pinv.t())
-    nr = (yk * targets).sum(dim=1).clamp_min(0.0).sqrt()   # rounding can leave a tiny negative
-    return CSpace(features.norm(dim=1), nr, p, yk)
+def prepare(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor,
+            yk: torch.Tensor | None = None) -> CSpace:
+    """The C-space pieces; `yk`, y~ L L^T in float64, where the caller forms it more cheaply.
 
-
-def assemble_feature_grad(features: torch.Tensor, pinv: torch.Tensor, nf: torch.Tensor,
-                          af: torch.Tensor, dnf: torch.Tensor, dp: torch.Tensor) -> torch.Tensor:
-    """dJ_D/dF~ = AF + (dnf / |f~|) f~ + dP L, written into `af`'s storage.
-
-    A zero row has no direction: its norm's gradient is taken as 0, as torch's norm does.
+    YK and |r| go through float64 (C x C and B x C work): in float32 the three roundings of
+    K, YK and the row sums added up to twice the reference's error where cos2(r_i, r_j) and
+    cos2(f_i, f_j) nearly cancel, late in training.
     """
-    scale = torch.where(nf > 0, dnf / nf.clamp_min(torch.finfo(nf.dtype).tiny), torch.zeros_like(nf))
-    af.addcmul_(features, scale[:, None])
-    return af.addmm_(dp, pinv)
+    if yk is None:
+        wide = pinv.double()
+        yk = targets.double() @ (wide @ wide.t())
+    nr = (yk * targets).sum(dim=1).clamp_min(0.0).sqrt()   # rounding can leave a tiny negative
+    return CSpace(features.norm(dim=1), nr.to(features.dtype), features @ pinv.t(), yk.to(features.dtype))
 
 
 class LossEngine(Protocol):
@@ -72,7 +65,7 @@ def loss_terms(engine: LossEngine, features: torch.Tensor, targets: torch.Tensor
 def combine(g_terms: torch.Tensor, d_features_d: torch.Tensor, d_features_mse: torch.Tensor,
             d_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of sum_t g_t J_t for features and logits, from the forward's per-term gradients."""
-    return torch.addcmul(d_features_mse * g_terms[2], d_features_d, g_terms[1]), d_logits * g_terms[0]
+    return (d_features_d * g_terms[1]).addcmul_(d_features_mse, g_terms[2]), d_logits * g_terms[0]
 
 
 class FusedDRCLLoss(torch.autograd.Function):

@@ -79,6 +79,22 @@ def test_float32_terms_and_gradients_within_the_rule(engine, shape, labels):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("gap", [0.1, 0.02])
+@pytest.mark.parametrize("shape", [(64, 256, 10), (130, 100, 20), (130, 256, 200)],
+                         ids=lambda s: "B{}-D{}-C{}".format(*s))
+def test_features_near_their_recast_targets_within_the_rule(engine, gap, shape):
+    """Late in training f~ nears r, and r - f~, x_ij - x_ji and a - b cancel: the hardest case for sums."""
+    _, y, logits, pinv = batch(*shape, seed=shape[2])
+    r = y @ pinv
+    noise = torch.randn(r.shape, generator=generator(1), dtype=torch.float64).to(DEVICE)
+    f = r + gap * noise * (r.norm(dim=1, keepdim=True) / noise.norm(dim=1, keepdim=True))
+    x64 = [f, y, logits, pinv]
+    x32 = [t.float() for t in x64]
+    assert_within_rule(outputs(loss_fn(engine), *x32, 0.5), outputs(reference.drcl_loss_terms, *x32, 0.5),
+                       outputs(reference.drcl_loss_terms, *x64, 0.5), NAMES)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("shape", [(7, 100, 3), (130, 16, 200)], ids=lambda s: "B{}-D{}-C{}".format(*s))
 def test_float64_matches_the_reference(engine, shape):
     x64 = batch(*shape, seed=5, labels="multi-hot")
@@ -134,14 +150,16 @@ def test_values_without_gradients_are_the_same_terms(engine):
         assert rel_err(a, b) <= 1e-12
 
 
-def test_auto_on_a_cpu_runs_the_restructured_loss(monkeypatch):
+@pytest.mark.parametrize("b, c, restructured_runs", [(7, 3, True), (7, 10, False)])
+def test_auto_on_a_cpu_runs_the_restructured_loss_where_it_is_faster(monkeypatch, b, c, restructured_runs):
+    """Where classes outnumber the batch, the C-space products cost more than the pairs they replace."""
     from drcl_fast.ops import restructured
     calls = []
     forward = restructured.ENGINE.forward
     monkeypatch.setattr(restructured.ENGINE, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
-    f, y, logits, pinv = [t.cpu() for t in batch(7, 16, 3, seed=4)]
+    f, y, logits, pinv = [t.cpu() for t in batch(b, 16, c, seed=4)]
     ops.drcl_loss(f.requires_grad_(), y, logits, pinv, 0.5, 0.1, 0.1, 1.0).backward()
-    assert calls and f.grad is not None
+    assert bool(calls) == restructured_runs and f.grad is not None
 
 
 @needs_triton

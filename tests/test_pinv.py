@@ -14,7 +14,7 @@ from drcl_fast.spl import initial_prior
 
 @pytest.fixture(autouse=True)
 def empty_cache(monkeypatch):
-    monkeypatch.setattr(pinv_module, "_cache", None)
+    monkeypatch.setattr(pinv_module, "_pinvs", pinv_module.OneEntryCache())
 
 
 def penrose_conditions_hold(w: torch.Tensor, l: torch.Tensor, atol: float) -> None:
@@ -71,3 +71,11 @@ def test_each_prior_is_inverted_once_and_a_changed_prior_again(monkeypatch):
     torch.testing.assert_close(prior_pinv(w), first / 2.0)
     assert len(calls) == 2
     assert prior_pinv(w.double()).dtype == torch.float64 and len(calls) == 3
+
+
+def test_the_c_space_core_is_cached_per_pseudo_inverse():
+    pinv = prior_pinv(torch.randn(64, 5, generator=torch.Generator().manual_seed(2)))
+    core = pinv_module.pinv_core(pinv)
+    torch.testing.assert_close(core, pinv.double() @ pinv.double().t())
+    assert pinv_module.pinv_core(pinv.clone()) is core
+    assert pinv_module.pinv_core(pinv * 2) is not core

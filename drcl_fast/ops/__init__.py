@@ -7,8 +7,9 @@
   (``backends.STAND_INS``).
 
 "auto" takes the first available of ``backends.AUTO_PREFERENCE`` for the tensors'
-device. The fused paths treat targets, L = W+ and the prior as constants (as RSC
-does); if one of them requires a gradient, the reference runs instead. Under
+device, but the reference loss rather than the restructured one when C > B. The
+fused paths treat targets, L = W+ and the prior as constants (as RSC does); if one
+of them requires a gradient, the reference runs instead. Under
 ``torch.use_deterministic_algorithms(True)`` "triton" gives way to "restructured":
 its atomic adds and autotuned blocks are not bitwise reproducible.
 """
@@ -90,7 +91,12 @@ def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch
                     pinv: torch.Tensor, q: float, backend: str = "auto"
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(J_L, J_D, J_MSE) of the RSC objective on an already-mixed batch."""
-    return _pick("drcl_loss", backend, features.device, targets, pinv)(features, targets, logits, pinv, q)
+    fn = _pick("drcl_loss", backend, features.device, targets, pinv)
+    if backend == "auto" and fn is _DRCL_TERMS["restructured"] and features.shape[0] < targets.shape[1]:
+        # C-space products replace B x B ones only while C < B: measured on a 2-core CPU, the
+        # restructured loss is slower than the reference at B = 64 or 140 with C = 200 (D = 512).
+        fn = _DRCL_TERMS["torch"]
+    return fn(features, targets, logits, pinv, q)
 
 
 def drcl_loss(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,

@@ -10,6 +10,7 @@ warning, since such a prior is itself a sign that something went wrong upstream.
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 
@@ -17,7 +18,27 @@ import torch
 # still below float32's rounding, which is the precision L is used in.
 MAX_GRAM_CONDITION = 1e8
 
-_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (prior as given, its pinv)
+
+class OneEntryCache:
+    """The value computed for the last key, reused while an equal key comes back.
+
+    Keys are compared by value (torch.equal): a prior changed in place is a new prior.
+    """
+
+    def __init__(self) -> None:
+        self.key: torch.Tensor | None = None
+        self.value: torch.Tensor | None = None
+
+    def get(self, key: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        same = (self.key is not None and self.key.shape == key.shape and self.key.dtype == key.dtype
+                and self.key.device == key.device and torch.equal(self.key, key))
+        if not same:
+            self.value, self.key = compute(key), key.detach().clone()
+        return self.value
+
+
+_pinvs = OneEntryCache()
+_cores = OneEntryCache()
 
 
 class IllConditionedPriorWarning(RuntimeWarning):
@@ -39,16 +60,19 @@ def cholesky_pinv(prior: torch.Tensor) -> torch.Tensor | None:
 
 def prior_pinv(prior: torch.Tensor) -> torch.Tensor:
     """L = W+ (C x D) in the prior's dtype; cached, so each prior is inverted once."""
-    global _cache
-    if (_cache is not None and _cache[0].shape == prior.shape and _cache[0].dtype == prior.dtype
-            and _cache[0].device == prior.device and torch.equal(_cache[0], prior)):
-        return _cache[1]
+    return _pinvs.get(prior, _invert)
+
+
+def pinv_core(pinv: torch.Tensor) -> torch.Tensor:
+    """L L^T in float64 (C x C), the C-space core of the loss; cached like L."""
+    return _cores.get(pinv, lambda l: l.double() @ l.double().t())
+
+
+def _invert(prior: torch.Tensor) -> torch.Tensor:
     pinv = cholesky_pinv(prior)
     if pinv is None:
         warnings.warn(f"the prior W ({prior.shape[0]} x {prior.shape[1]}) is rank-deficient or "
                       f"ill-conditioned (cond(W^T W) > {MAX_GRAM_CONDITION:.0e}); computing W+ by SVD",
-                      IllConditionedPriorWarning, stacklevel=2)
+                      IllConditionedPriorWarning, stacklevel=4)
         pinv = torch.linalg.pinv(prior.double())
-    pinv = pinv.to(prior.dtype)
-    _cache = (prior.detach().clone(), pinv)
-    return pinv
+    return pinv.to(prior.dtype).contiguous()   # the solve returns column-major; rows of L are gathered
