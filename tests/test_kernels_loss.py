@@ -78,6 +78,17 @@ def test_float32_terms_and_gradients_within_the_rule(engine, shape, labels):
     assert_within_rule(outputs(loss_fn(engine), *x32, q), torch32, ref64, NAMES)
 
 
+@pytest.mark.parametrize("shape, labels", [((600, 64, 10), "one-hot"), ((300, 32, 40), "multi-hot")],
+                         ids=["B600-D64-C10", "B300-D32-C40-multi"])
+def test_restructured_over_several_panels_within_the_rule(shape, labels):
+    """Several 256-row panels, a short last one, and diagonal blocks split twice (CPU path only: the
+    interpreter would take minutes over these many pairs)."""
+    x64 = batch(*shape, seed=5, labels=labels)
+    x32 = [t.float() for t in x64]
+    assert_within_rule(outputs(loss_fn("restructured"), *x32, 0.5), outputs(reference.drcl_loss_terms, *x32, 0.5),
+                       outputs(reference.drcl_loss_terms, *x64, 0.5), NAMES)
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("gap", [0.1, 0.02])
 @pytest.mark.parametrize("shape", [(64, 256, 10), (130, 100, 20), (130, 256, 200)],

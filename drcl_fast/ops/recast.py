@@ -29,10 +29,11 @@ def sparse_rows(targets: torch.Tensor, dense_above: int = DENSE_ABOVE) -> tuple[
     return classes, weights
 
 
-def recast(targets: torch.Tensor, pinv: torch.Tensor) -> torch.Tensor:
-    """r = targets @ pinv (B x D), as a new tensor."""
-    sparse = sparse_rows(targets)
+def scaled_residual(targets: torch.Tensor, pinv: torch.Tensor, features: torch.Tensor, scale: float,
+                    sparse: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """scale * (targets @ pinv - features) as a new tensor, one pass over B x D after the gather;
+    `sparse` is ``sparse_rows(targets)``."""
     if sparse is None:
-        return targets @ pinv
+        return torch.addmm(features, targets, pinv, beta=-scale, alpha=scale)
     classes, weights = sparse
-    return F.embedding_bag(classes, pinv, per_sample_weights=weights, mode="sum")
+    return F.embedding_bag(classes, pinv, per_sample_weights=weights * scale, mode="sum").add_(features, alpha=-scale)
