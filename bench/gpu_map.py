@@ -10,8 +10,6 @@ sort of the scores), with peak memory beyond the inputs. Without a GPU,
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any, Callable
 
 import torch
@@ -20,6 +18,7 @@ from drcl_fast.data.synthetic import make_retrieval_set
 from drcl_fast.retrieval import reference
 from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.kernels import map_topk
+from gpu_timing import peak_bytes, timed
 from map_precision import compare
 
 SECTION = "gpu_map"
@@ -28,34 +27,9 @@ TIMED = [("nus-wide", 2048, None), ("nus-wide", 2048, 50), ("nus-wide", 512, Non
          ("mscoco", 2048, None), ("mscoco", 2048, 50), ("nus-wide-single", 2048, None)]
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], Any], device: str, repeats: int, warmup: bool = True) -> tuple[float, Any]:
-    """Median wall time of `repeats` calls, after one warm-up call (which also compiles kernels)."""
-    result = fn() if warmup else None
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def peak_beyond(fn: Callable[[], Any], device: str) -> str:
-    """Memory allocated by one call beyond what was allocated before it (CUDA only)."""
-    if device != "cuda":
-        return "n/a on the CPU"
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return f"{(torch.cuda.max_memory_allocated() - before) / 2**30:.2f} GiB"
+    peak = peak_bytes(fn, device)
+    return "n/a on the CPU" if peak is None else f"{peak / 2**30:.2f} GiB"
 
 
 def mean_ap(ap: torch.Tensor) -> float:  # evaluate_map's mean: left-out (NaN) queries do not count

@@ -20,7 +20,6 @@ TRITON_INTERPRET=1 ("auto" is pointed at Triton for the CPU for the run).
 from __future__ import annotations
 
 import contextlib
-import statistics
 import tempfile
 import time
 import traceback
@@ -29,6 +28,7 @@ from typing import Callable, Iterator
 import torch
 
 from bench_loss import forward_backward, loss_inputs
+from gpu_timing import peak_bytes, timed
 from drcl_fast import backends, ops
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import load_mfeat
@@ -79,35 +79,9 @@ def cublas_tf32(enabled: bool) -> Iterator[None]:
         flags.allow_tf32 = before
 
 
-def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median seconds per call after one warm-up call (which compiles and autotunes); CUDA events on a GPU."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def peak_mib(fn: Callable[[], object], device: str) -> str:
-    """Device memory one call allocates beyond what was allocated before it (the CPU's is bench/loss_memory.py)."""
-    if device != "cuda":
-        return "n/a"
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return f"{(torch.cuda.max_memory_allocated() - before) / 2**20:.1f} MiB"
+    peak = peak_bytes(fn, device)
+    return "n/a" if peak is None else f"{peak / 2**20:.1f} MiB"
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -174,12 +148,12 @@ def loss_speed(suite, cfg: dict, fast: str) -> None:
     for c in cfg["classes"]:
         inputs = [t.to(dev) for t in loss_inputs(b, d, c)]
         with cublas_tf32(False):
-            eager = timed(lambda: forward_backward("torch", *inputs), dev, repeats)
-            comp = timed(lambda: compiled_step(*inputs), dev, repeats)
-            runs = {"restructured": timed(lambda: forward_backward("restructured", *inputs), dev, repeats)}
+            eager = timed(lambda: forward_backward("torch", *inputs), dev, repeats)[0]
+            comp = timed(lambda: compiled_step(*inputs), dev, repeats)[0]
+            runs = {"restructured": timed(lambda: forward_backward("restructured", *inputs), dev, repeats)[0]}
             for name in ("tf32", "fp32"):
                 with precision(name):
-                    runs[f"triton {name}"] = timed(lambda: forward_backward(fast, *inputs), dev, repeats)
+                    runs[f"triton {name}"] = timed(lambda: forward_backward(fast, *inputs), dev, repeats)[0]
             memory = {name: peak_mib(lambda: forward_backward(impl, *inputs), dev)
                       for name, impl in (("reference", "torch"), ("triton", fast))}
         case = f"loss fwd+bwd B={b} D={d} C={c}"
@@ -200,7 +174,7 @@ def matmul_rates(suite, cfg: dict) -> dict[str, float]:
                               ("bf16", torch.bfloat16, False)):
         x, y = a.to(dtype), b.to(dtype)
         with cublas_tf32(tf32):
-            seconds = timed(lambda: x @ y, dev, cfg["repeats"])
+            seconds = timed(lambda: x @ y, dev, cfg["repeats"])[0]
         rates[name] = 2 * n ** 3 / seconds / 1e12
         suite.add(SECTION, f"torch.mm {n}^3 {name}", f"{rates[name]:.3g} TFLOP/s", "the card's rate")
     return rates
@@ -236,7 +210,7 @@ def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
 
     flops = step_flops(b, d_in, h, d)
     with cublas_tf32(False):
-        base = timed(make_step("torch"), dev, cfg["repeats"])
+        base = timed(make_step("torch"), dev, cfg["repeats"])[0]
     case = f"RSC step B={b} d_in={d_in} H={h} D={d} C={c}"
     suite.add(SECTION, case, f"eager fp32 reference {base * 1e3:.1f} ms, {flops / base / 1e12:.3g} TFLOP/s "
                              f"({flops / base / 1e12 / rates.get('fp32', float('nan')):.0%} of fp32 mm)", "reference")
@@ -246,7 +220,7 @@ def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
         linear_relu_module.DEFAULT_IMPL = impl
         try:
             with precision(name), cublas_tf32(name != "fp32"):
-                seconds = timed(make_step(fast), dev, cfg["repeats"])
+                seconds = timed(make_step(fast), dev, cfg["repeats"])[0]
         finally:
             linear_relu_module.DEFAULT_IMPL = saved
         achieved = flops / seconds / 1e12

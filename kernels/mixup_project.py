@@ -50,11 +50,19 @@ def _mix_project_fwd(z_ptr, sq_ptr, perm_ptr, w_ptr, mixed_ptr, logits_ptr, B, D
 
 
 @triton.jit
-def _feature_grad_chunk(dm_ptr, rows, inv_rows, rd, mask, dl_mix, w_t, gamma, s_dm, PRECISION: tl.constexpr):
-    """df for one D chunk: gamma dF~_i + (1 - gamma) dF~_pi^-1(i) + (mixed dlogits) W^T."""
+def _feature_grad_chunk(dm_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, rc, c_ok, d0, D, dl_mix, gamma,
+                        s_dm, s_z, s_w, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr):
+    """For the D chunk at d0: (df, z, its columns, its mask), with df = gamma dF~_i + (1 - gamma)
+    dF~_pi^-1(i) + (mixed dlogits) W^T and z the normalised rows."""
+    rd = d0 + tl.arange(0, BLOCK_D)
+    d_ok = rd < D
+    mask = r_ok[:, None] & d_ok[None, :]
+    w_t = tl.load(w_ptr + rd[None, :] * s_w + rc[:, None], mask=d_ok[None, :] & c_ok[:, None], other=0.0)
     dm_i = tl.load(dm_ptr + rows[:, None] * s_dm + rd[None, :], mask=mask, other=0.0)
     dm_j = tl.load(dm_ptr + inv_rows[:, None] * s_dm + rd[None, :], mask=mask, other=0.0)
-    return mma(dl_mix, w_t, gamma * dm_i + (1.0 - gamma) * dm_j, PRECISION)
+    df = mma(dl_mix, w_t, gamma * dm_i + (1.0 - gamma) * dm_j, PRECISION)
+    z = tl.load(z_ptr + rows[:, None] * s_z + rd[None, :], mask=mask, other=0.0)
+    return df, z, rd, mask
 
 
 @triton.jit
@@ -74,19 +82,13 @@ def _mix_project_bwd(dm_ptr, dl_ptr, z_ptr, sq_ptr, inv_perm_ptr, w_ptr, dz_ptr,
     # Pass 1: f_i . df_i over the whole row; pass 2: dz = (df - f (f . df)) / |z|.
     dot = tl.zeros((BLOCK_B,), dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
-        rd = d0 + tl.arange(0, BLOCK_D)
-        mask = r_ok[:, None] & (rd[None, :] < D)
-        w_t = tl.load(w_ptr + rd[None, :] * s_w + rc[:, None], mask=(rd[None, :] < D) & c_ok[:, None], other=0.0)
-        df = _feature_grad_chunk(dm_ptr, rows, inv_rows, rd, mask, dl_mix, w_t, gamma, s_dm, PRECISION)
-        z = tl.load(z_ptr + rows[:, None] * s_z + rd[None, :], mask=mask, other=0.0)
+        df, z, rd, mask = _feature_grad_chunk(dm_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, rc, c_ok, d0, D, dl_mix,
+                                              gamma, s_dm, s_z, s_w, PRECISION, BLOCK_D)
         dot += tl.sum(z * df, axis=1)
     dot = dot * inv_norm
     for d0 in range(0, D, BLOCK_D):
-        rd = d0 + tl.arange(0, BLOCK_D)
-        mask = r_ok[:, None] & (rd[None, :] < D)
-        w_t = tl.load(w_ptr + rd[None, :] * s_w + rc[:, None], mask=(rd[None, :] < D) & c_ok[:, None], other=0.0)
-        df = _feature_grad_chunk(dm_ptr, rows, inv_rows, rd, mask, dl_mix, w_t, gamma, s_dm, PRECISION)
-        z = tl.load(z_ptr + rows[:, None] * s_z + rd[None, :], mask=mask, other=0.0)
+        df, z, rd, mask = _feature_grad_chunk(dm_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, rc, c_ok, d0, D, dl_mix,
+                                              gamma, s_dm, s_z, s_w, PRECISION, BLOCK_D)
         dz = (df - z * (inv_norm * dot)[:, None]) * inv_norm[:, None]
         tl.store(dz_ptr + rows[:, None] * s_dz + rd[None, :], dz, mask=mask)
 

@@ -15,6 +15,8 @@ def test_cpu_loss_benchmarks_table_and_memory(tmp_path):
     cases = {(b["extra_info"]["impl"], b["group"].split()[0]) for b in benchmarks}
     assert cases == {(impl, kind) for impl in ("torch", "restructured") for kind in ("loss", "RSC")}
     assert len(benchmarks) == 8
+    fast_loss = [b for b in benchmarks if b["group"].startswith("loss") and b["extra_info"]["impl"] != "torch"]
+    assert len(fast_loss) == 2 and all(b["extra_info"]["interleaved_speedup"] > 0 for b in fast_loss)
     table = run("bench/loss_table.py", str(report), "--memory")
     assert "| loss B=64 D=256 C=200 | restructured |" in table and "speed-up" in table
     memory_rows = [line for line in table.splitlines() if line.startswith("| 64 | 256 |")]
