@@ -29,8 +29,9 @@ class CSpace(NamedTuple):
 
 
 def prepare(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor,
-            yk: torch.Tensor | None = None) -> CSpace:
-    """The C-space pieces; `yk`, y~ L L^T in float64, where the caller forms it more cheaply.
+            yk: torch.Tensor | None = None, nf: torch.Tensor | None = None,
+            p: torch.Tensor | None = None) -> CSpace:
+    """The C-space pieces; `yk` (y~ L L^T in float64), `nf` and `p` where the caller has them.
 
     YK and |r| go through float64 (C x C and B x C work): in float32 the three roundings of
     K, YK and the row sums added up to twice the reference's error where cos2(r_i, r_j) and
@@ -40,7 +41,8 @@ def prepare(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor,
         wide = pinv.double()
         yk = targets.double() @ (wide @ wide.t())
     nr = (yk * targets).sum(dim=1).clamp_min(0.0).sqrt()   # rounding can leave a tiny negative
-    return CSpace(features.norm(dim=1), nr.to(features.dtype), features @ pinv.t(), yk.to(features.dtype))
+    return CSpace(features.norm(dim=1) if nf is None else nf, nr.to(features.dtype),
+                  features @ pinv.t() if p is None else p, yk.to(features.dtype))
 
 
 class LossEngine(Protocol):

@@ -43,8 +43,9 @@ def loss_fn(engine: str):
     return restructured.drcl_loss_terms
 
 
-def batch(b: int, d: int, c: int, seed: int, labels: str = "one-hot") -> list[torch.Tensor]:
-    """A mixed batch in float64: f~, y~, f~ W and L = W+ for a random prior W."""
+def batch(b: int, d: int, c: int, seed: int, labels: str = "one-hot", prior: str = "gaussian") -> list[torch.Tensor]:
+    """A mixed batch in float64: f~, y~, f~ W and L = W+ for a random prior W (Gaussian, or
+    orthonormal columns as SPL starts from; needs D >= C)."""
     g = generator(seed)
     f = torch.nn.functional.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
     perm = torch.randperm(b, generator=g)
@@ -55,7 +56,16 @@ def batch(b: int, d: int, c: int, seed: int, labels: str = "one-hot") -> list[to
         y[torch.arange(b), torch.randint(0, c, (b,), generator=g)] = 1.0   # at least one label each
     f, y = reference.feature_mixup(f, y, 0.9, perm)
     w = torch.randn(d, c, generator=g, dtype=torch.float64) / d ** 0.5
+    if prior == "orthonormal":
+        w = torch.linalg.qr(w)[0]
     return [t.to(DEVICE) for t in (f, y, f @ w, torch.linalg.pinv(w))]
+
+
+def near_targets(y: torch.Tensor, pinv: torch.Tensor, gap: float) -> torch.Tensor:
+    """Features at relative distance `gap` from their recast targets, as late in training."""
+    r = y @ pinv
+    noise = torch.randn(r.shape, generator=generator(1), dtype=torch.float64).to(DEVICE)
+    return r + gap * noise * (r.norm(dim=1, keepdim=True) / noise.norm(dim=1, keepdim=True))
 
 
 def outputs(fn, f, y, logits, pinv, q) -> list[torch.Tensor]:
@@ -96,13 +106,50 @@ def test_restructured_over_several_panels_within_the_rule(shape, labels):
 def test_features_near_their_recast_targets_within_the_rule(engine, gap, shape):
     """Late in training f~ nears r, and r - f~, x_ij - x_ji and a - b cancel: the hardest case for sums."""
     _, y, logits, pinv = batch(*shape, seed=shape[2])
-    r = y @ pinv
-    noise = torch.randn(r.shape, generator=generator(1), dtype=torch.float64).to(DEVICE)
-    f = r + gap * noise * (r.norm(dim=1, keepdim=True) / noise.norm(dim=1, keepdim=True))
-    x64 = [f, y, logits, pinv]
+    x64 = [near_targets(y, pinv, gap), y, logits, pinv]
     x32 = [t.float() for t in x64]
     assert_within_rule(outputs(loss_fn(engine), *x32, 0.5), outputs(reference.drcl_loss_terms, *x32, 0.5),
                        outputs(reference.drcl_loss_terms, *x64, 0.5), NAMES)
+
+
+@pytest.mark.parametrize("shape", [(130, 256, 40), (64, 100, 80)], ids=lambda s: "B{}-D{}-C{}".format(*s))
+@pytest.mark.parametrize("labels", ["one-hot", "multi-hot"])
+@pytest.mark.parametrize("gap", [None, 0.02])
+def test_restructured_with_p_from_the_logits_within_the_rule(shape, labels, gap):
+    """A well-conditioned prior and logits = f~ W: P = f~ L^T comes from the logits (checked below)."""
+    from drcl_fast.ops import restructured
+    from drcl_fast.ops.pinv import pinv_core
+    f, y, _, pinv = batch(*shape, seed=3, labels=labels, prior="orthonormal")
+    if gap is not None:
+        f = near_targets(y, pinv, gap)
+    x64 = [f, y, f @ pinv.t(), pinv]   # W = L^T for orthonormal columns
+    x32 = [t.float() for t in x64]
+    p = restructured.coordinates(x32[0], x32[0].norm(dim=1), x32[2], x32[3], pinv_core(x32[3]))
+    assert not torch.equal(p, x32[0] @ x32[3].t())   # the logits route ran
+    assert_within_rule(outputs(loss_fn("restructured"), *x32, 0.5), outputs(reference.drcl_loss_terms, *x32, 0.5),
+                       outputs(reference.drcl_loss_terms, *x64, 0.5), NAMES)
+
+
+def test_p_comes_from_the_product_unless_the_logits_route_is_sound():
+    from drcl_fast.ops import restructured
+    from drcl_fast.ops.pinv import pinv_core
+    f, y, _, pinv = [t.float() for t in batch(130, 256, 40, seed=4, prior="orthonormal")]
+    w = pinv.t().contiguous()
+
+    def coordinates(f, logits, pinv):
+        p = restructured.coordinates(f, f.norm(dim=1), logits, pinv, pinv_core(pinv))
+        return p, torch.equal(p, f @ pinv.t())
+
+    p, direct = coordinates(f, f @ w, pinv)
+    assert not direct and rel_err(p, f @ pinv.t()) < 1e-6
+    off = f @ w
+    off[17] *= 1.0 + 1e-3                       # one row's logits are not f~ W
+    assert coordinates(f, off, pinv)[1]
+    assert coordinates(f, torch.randn_like(off), pinv)[1]
+    stretched = w.clone()
+    stretched[:, 0] *= 3.0                      # cond(W) = 3: the route would triple the rounding
+    assert coordinates(f, f @ stretched, ops.prior_pinv(stretched))[1]
+    assert coordinates(f, f @ w[:, :16], ops.prior_pinv(w[:, :16].contiguous()))[1]   # C = 16 < 32
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -74,8 +74,11 @@ def test_each_prior_is_inverted_once_and_a_changed_prior_again(monkeypatch):
 
 
 def test_the_c_space_core_is_cached_per_pseudo_inverse():
-    pinv = prior_pinv(torch.randn(64, 5, generator=torch.Generator().manual_seed(2)))
+    w = torch.randn(64, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    pinv = prior_pinv(w)
     core = pinv_module.pinv_core(pinv)
-    torch.testing.assert_close(core, pinv.double() @ pinv.double().t())
+    torch.testing.assert_close(core.gram, torch.linalg.inv(w.t() @ w))   # L L^T = (W^T W)^-1
+    singular = torch.linalg.svdvals(w)
+    assert core.condition == pytest.approx(float(singular[0] / singular[-1]) ** 2, rel=1e-9)
     assert pinv_module.pinv_core(pinv.clone()) is core
     assert pinv_module.pinv_core(pinv * 2) is not core

@@ -10,7 +10,7 @@ warning, since such a prior is itself a sign that something went wrong upstream.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -27,9 +27,9 @@ class OneEntryCache:
 
     def __init__(self) -> None:
         self.key: torch.Tensor | None = None
-        self.value: torch.Tensor | None = None
+        self.value = None
 
-    def get(self, key: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def get(self, key: torch.Tensor, compute: Callable[[torch.Tensor], object]):
         same = (self.key is not None and self.key.shape == key.shape and self.key.dtype == key.dtype
                 and self.key.device == key.device and torch.equal(self.key, key))
         if not same:
@@ -63,9 +63,24 @@ def prior_pinv(prior: torch.Tensor) -> torch.Tensor:
     return _pinvs.get(prior, _invert)
 
 
-def pinv_core(pinv: torch.Tensor) -> torch.Tensor:
-    """L L^T in float64 (C x C), the C-space core of the loss; cached like L."""
-    return _cores.get(pinv, lambda l: l.double() @ l.double().t())
+class Core(NamedTuple):
+    """The C-space core of the loss, K = L L^T (= (W^T W)+ for L = W+), in float64."""
+
+    gram: torch.Tensor
+    condition: float   # of K (= cond(W)^2); inf where K is singular
+
+
+def pinv_core(pinv: torch.Tensor) -> Core:
+    """K = L L^T and its condition number; cached like L, so formed once per prior."""
+    return _cores.get(pinv, _core)
+
+
+def _core(pinv: torch.Tensor) -> Core:
+    wide = pinv.double()
+    gram = wide @ wide.t()
+    eigenvalues = torch.linalg.eigvalsh(gram)
+    smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
+    return Core(gram, largest / smallest if smallest > 0 else float("inf"))
 
 
 def _invert(prior: torch.Tensor) -> torch.Tensor:

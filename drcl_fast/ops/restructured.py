@@ -21,12 +21,14 @@ reference's exact autograd runs instead: the hats are undefined there.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from drcl_fast.kernels.fused_loss import loss_terms, prepare
 from drcl_fast.ops import reference
-from drcl_fast.ops.pinv import pinv_core
+from drcl_fast.ops.pinv import Core, pinv_core
 from drcl_fast.ops.recast import scaled_residual, sparse_rows
 
 # Label products gather where rows are at most 1 / 16 nonzero. Measured on a 2-core CPU at
@@ -34,6 +36,12 @@ from drcl_fast.ops.recast import scaled_residual, sparse_rows
 # 5.3 ms multiplying at C = 200, the same at C = 40; the panels' C-space products cost the same.
 SPARSE_LABELS_ABOVE = 16
 PANEL_ROWS = 256   # rows per panel; measured on a 2-core CPU: 128 to 512 rows are within 10%
+# P = f~ L^T from the logits (see coordinates): from this many classes, where the B x D x C product
+# costs more than the check; for priors with cond(W)^2 up to this, since the route multiplies the
+# logits' rounding by cond(W); rows agreeing along the probe to this many roundings of their terms.
+LOGITS_ROUTE_MIN_CLASSES = 32
+LOGITS_ROUTE_MAX_CONDITION = 4.0
+PROBE_MARGIN = 32.0
 MIN_SPLIT_ROWS = 64   # a diagonal block's halves are computed apart down to this many rows
 SUM_CHUNK = 1 << 20   # values squared at a time: bounds the temporary, keeps a panel in one piece
 
@@ -191,6 +199,32 @@ def cross_terms(labels: Labels, p_hat: torch.Tensor, need_grad: bool = True
     return value.to(p_hat.dtype), d_p.to(p_hat.dtype)
 
 
+def coordinates(features: torch.Tensor, nf: torch.Tensor, logits: torch.Tensor, pinv: torch.Tensor,
+                core: Core) -> torch.Tensor:
+    """P = f~ L^T (B x C), as the logits times K where they are f~ W, else by the B x D x C product.
+
+    For L = W+, L^T = W (W^T W)+ = W K, so f~ L^T = (f~ W) K: one B x C x C product. The loss
+    is documented to take the logits f~ W, but does not rely on it: one fixed direction v checks
+    (f~ W) K v against f~ (L^T v) row by row (two matrix-vector products) and any row off by
+    more than rounding sends the call to the product. Taken only for well-conditioned priors
+    (cond(W) <= 2: the route multiplies the logits' rounding by cond(W)) and C >= 32.
+    """
+    b, d = features.shape
+    c = pinv.shape[0]
+    if (c < LOGITS_ROUTE_MIN_CLASSES or core.condition > LOGITS_ROUTE_MAX_CONDITION
+            or logits.shape != (b, c) or logits.dtype != features.dtype):
+        return features @ pinv.t()
+    k = core.gram.to(features.dtype)
+    v = torch.randn(c, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(features)
+    u, kv = pinv.t() @ v, k @ v
+    direct, via_logits = features @ u, logits @ kv
+    scale = nf * u.norm() + logits.norm(dim=1) * kv.norm()
+    rounding = PROBE_MARGIN * math.sqrt(d) * torch.finfo(features.dtype).eps
+    if bool(((direct - via_logits).abs() <= rounding * scale).all()):
+        return logits @ k
+    return features @ pinv.t()
+
+
 def finish_rows(grad: torch.Tensor, f_hat: torch.Tensor, features: torch.Tensor, inv_nf: torch.Tensor,
                 targets: torch.Tensor, pinv: torch.Tensor, sparse: tuple[torch.Tensor, torch.Tensor] | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +267,9 @@ class RestructuredEngine:
         sparse = sparse_rows(targets)
         labels = Labels.of(targets, sparse)
         core = pinv_core(pinv)
-        cs = prepare(features, targets, pinv, labels.to(core.dtype).times(slice(None), core))   # core = core^T
+        yk = labels.to(core.gram.dtype).times(slice(None), core.gram)   # K is symmetric
+        nf = features.norm(dim=1)
+        cs = prepare(features, targets, pinv, yk, nf, coordinates(features, nf, logits.detach(), pinv, core))
         if clamp_may_bind(cs.nf, cs.nr):
             return _reference_terms(features, targets, logits, pinv, q, need_grad)
         inv_nf, inv_nr = cs.nf.reciprocal()[:, None], cs.nr.reciprocal()[:, None]
