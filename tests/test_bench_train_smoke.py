@@ -23,6 +23,11 @@ def test_cpu_loss_benchmarks_table_and_memory(tmp_path):
     assert len(memory_rows) == 4 and all(float(line.split("|")[5]) >= 0 for line in memory_rows)
 
 
+def test_loss_grid_quick():
+    rows = [line for line in run("bench/loss_grid.py", "--quick").splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(rows) == 3 and all(("| reference |" in row) != ("| restructured |" in row) for row in rows)
+
+
 def test_gpu_suite_train_section_smoke(tmp_path):
     out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_train", "--out", str(tmp_path),
               env={"TRITON_INTERPRET": "1"})

@@ -208,16 +208,32 @@ def test_values_without_gradients_are_the_same_terms(engine):
         assert rel_err(a, b) <= 1e-12
 
 
-@pytest.mark.parametrize("b, c, restructured_runs", [(7, 3, True), (7, 10, False)])
-def test_auto_on_a_cpu_runs_the_restructured_loss_where_it_is_faster(monkeypatch, b, c, restructured_runs):
-    """Where classes outnumber the batch, the C-space products cost more than the pairs they replace."""
+@pytest.mark.parametrize("b, d, c, restructured_runs", [(300, 64, 3, True), (64, 256, 80, False), (7, 16, 3, False)])
+def test_auto_on_a_cpu_runs_the_restructured_loss_where_it_is_faster(monkeypatch, b, d, c, restructured_runs):
+    """Small batches and many classes: the C-space work and the fixed cost outweigh the B x B work saved."""
     from drcl_fast.ops import restructured
     calls = []
     forward = restructured.ENGINE.forward
     monkeypatch.setattr(restructured.ENGINE, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
-    f, y, logits, pinv = [t.cpu() for t in batch(b, 16, c, seed=4)]
+    f, y, logits, pinv = [t.cpu() for t in batch(b, d, c, seed=4)]
     ops.drcl_loss(f.requires_grad_(), y, logits, pinv, 0.5, 0.1, 0.1, 1.0).backward()
     assert bool(calls) == restructured_runs and f.grad is not None
+
+
+def test_where_the_restructured_loss_pays_off():
+    """The rule against the measured grid (docs/kernels.md): a few cases each side of it."""
+    from drcl_fast.ops.restructured import pays_off
+    faster = [(1024, 2048, 200), (1024, 256, 200), (512, 256, 200), (256, 2048, 80), (140, 512, 10), (256, 64, 10)]
+    slower = [(64, 256, 200), (140, 256, 80), (256, 256, 200), (64, 64, 10), (64, 2048, 80)]
+    assert all(pays_off(*shape) for shape in faster) and not any(pays_off(*shape) for shape in slower)
+
+
+def test_mismatched_shapes_are_named():
+    f, y, logits, pinv = [t.float().cpu() for t in batch(7, 16, 3, seed=1)]
+    with pytest.raises(ValueError, match=r"pinv \(C, D\).*pinv \(4, 16\)"):
+        ops.drcl_loss_terms(f, y, logits, torch.zeros(4, 16), 0.5)
+    with pytest.raises(ValueError, match="2-D"):
+        ops.drcl_loss_terms(f[0], y, logits, pinv, 0.5)
 
 
 @needs_triton
@@ -227,7 +243,7 @@ def test_deterministic_mode_leaves_the_triton_kernels(monkeypatch):
     forward = restructured.ENGINE.forward
     monkeypatch.setattr(restructured.ENGINE, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
     monkeypatch.setitem(backends.AUTO_PREFERENCE, torch.device(DEVICE).type, ("triton", "torch"))
-    f, y, logits, pinv = batch(7, 16, 3, seed=4)
+    f, y, logits, pinv = batch(300, 64, 3, seed=4)   # a size where the restructured loss pays off
     torch.use_deterministic_algorithms(True)
     try:
         with pytest.warns(RuntimeWarning, match="deterministic"):

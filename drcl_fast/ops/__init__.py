@@ -7,7 +7,8 @@
   (``backends.STAND_INS``).
 
 "auto" takes the first available of ``backends.AUTO_PREFERENCE`` for the tensors'
-device, but the reference loss rather than the restructured one when C > B. The
+device, but the reference loss where the restructured one does not pay off
+(``restructured.pays_off``: small batches, many classes). The
 fused paths treat targets, L = W+ and the prior as constants (as RSC does); if one
 of them requires a gradient, the reference runs instead. Under
 ``torch.use_deterministic_algorithms(True)`` "triton" gives way to "restructured":
@@ -91,12 +92,23 @@ def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch
                     pinv: torch.Tensor, q: float, backend: str = "auto"
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(J_L, J_D, J_MSE) of the RSC objective on an already-mixed batch."""
+    _check_loss_shapes(features, targets, logits, pinv)
     fn = _pick("drcl_loss", backend, features.device, targets, pinv)
-    if backend == "auto" and fn is _DRCL_TERMS["restructured"] and features.shape[0] < targets.shape[1]:
-        # C-space products replace B x B ones only while C < B: measured on a 2-core CPU, the
-        # restructured loss is slower than the reference at B = 64 or 140 with C = 200 (D = 512).
+    if backend == "auto" and fn is _DRCL_TERMS["restructured"] and not restructured.pays_off(
+            features.shape[0], features.shape[1], targets.shape[1]):
         fn = _DRCL_TERMS["torch"]
     return fn(features, targets, logits, pinv, q)
+
+
+def _check_loss_shapes(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                       pinv: torch.Tensor) -> None:
+    shapes = {"features": features.shape, "targets": targets.shape, "logits": logits.shape, "pinv": pinv.shape}
+    if any(len(shape) != 2 for shape in shapes.values()):
+        raise ValueError(f"the RSC loss takes 2-D tensors; got shapes {shapes}")
+    (b, d), c = features.shape, targets.shape[1]
+    if targets.shape[0] != b or logits.shape != (b, c) or pinv.shape != (c, d):
+        raise ValueError(f"the RSC loss needs features (B, D), targets (B, C), logits (B, C) and pinv (C, D); "
+                         f"got {', '.join(f'{name} {tuple(shape)}' for name, shape in shapes.items())}")
 
 
 def drcl_loss(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
