@@ -1,21 +1,24 @@
 """The CPU fast path of the RSC loss: C-space algebra and symmetric row panels in PyTorch.
 
-Same terms as ``reference.drcl_loss_terms``, from far less work (DESIGN.md section 4):
+Same terms as ``reference.drcl_loss_terms``, from far less work (DESIGN.md section 4;
+docs/kernels.md has the measurements):
 
 - with hats for unit rows, ``cos2(a_i, b_j) = 2 a^_i . b^_j`` when the clamp
   ``max(|a_i| |b_j|, 1e-6)`` does not bind, so every cosine comes straight out of a
   GEMM on pre-scaled rows;
 - J_D's first term needs ``b = F^ F^^T``, the only B x B x D product, and
   ``a = R^ R^^T = y^ K y^^T`` (K = L L^T) from C-space. ``b`` is symmetric: row panel
-  ``[i0, i1)`` meets only columns ``>= i0``, the mirrored part counts twice, and the
-  gradient ``-(16 / B^2) (a - b) F^`` flows to rows and columns from the same panel
-  (0.625 of a full product forward, one backward, where the reference does three each);
+  ``[i0, i1)`` meets only columns ``>= i0``, the mirrored part counts twice, the panel's
+  diagonal block is half computed and half transposed, and the gradient
+  ``-(16 / B^2) (a - b) F^`` flows to rows and columns from the same panel (0.55 of a
+  full product forward, one backward, where the reference does three each);
 - J_D's second term, over ``X = R^ F^^T = y^ P^^T`` (P^ = F^ L^T), has rank <= C and
   lives wholly in C-space: ``sum (x_ij - x_ji)^2 = 2 |X|^2 - 2 tr(X X)`` from C x C
-  Gram matrices, in float64 because the two sums nearly cancel;
+  Gram matrices, in float64 because the two sums nearly cancel; its gradient through
+  P^ rides in the panels' GEMMs, and P itself comes from the logits where that is sound;
 - the gradients are formed in the same pass, so the backward only scales them.
 
-A panel holds ``PANEL_ROWS x B`` values at a time: no B x B matrix exists.
+A panel holds ``(B + C) x PANEL_ROWS`` values at a time: no B x B matrix exists.
 When some pair's clamp can bind (a row of norm near zero, checked per call), the
 reference's exact autograd runs instead: the hats are undefined there.
 """
