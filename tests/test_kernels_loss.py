@@ -91,7 +91,7 @@ def test_float32_terms_and_gradients_within_the_rule(engine, shape, labels):
 @pytest.mark.parametrize("shape, labels", [((600, 64, 10), "one-hot"), ((300, 32, 40), "multi-hot")],
                          ids=["B600-D64-C10", "B300-D32-C40-multi"])
 def test_restructured_over_several_panels_within_the_rule(shape, labels):
-    """Several 256-row panels, a short last one, and diagonal blocks split twice (CPU path only: the
+    """Two panels, a short last one, and diagonal blocks split twice (CPU path only: the
     interpreter would take minutes over these many pairs)."""
     x64 = batch(*shape, seed=5, labels=labels)
     x32 = [t.float() for t in x64]

@@ -10,8 +10,8 @@ docs/kernels.md has the measurements):
   ``a = R^ R^^T = y^ K y^^T`` (K = L L^T) from C-space. ``b`` is symmetric: row panel
   ``[i0, i1)`` meets only columns ``>= i0``, the mirrored part counts twice, the panel's
   diagonal block is half computed and half transposed, and the gradient
-  ``-(16 / B^2) (a - b) F^`` flows to rows and columns from the same panel (0.55 of a
-  full product forward, one backward, where the reference does three each);
+  ``-(16 / B^2) (a - b) F^`` flows to rows and columns from the same panel (0.59 of a
+  full product forward at B = 1,024, one backward, where the reference does three each);
 - J_D's second term, over ``X = R^ F^^T = y^ P^^T`` (P^ = F^ L^T), has rank <= C and
   lives wholly in C-space: ``sum (x_ij - x_ji)^2 = 2 |X|^2 - 2 tr(X X)`` from C x C
   Gram matrices, in float64 because the two sums nearly cancel; its gradient through
@@ -38,14 +38,18 @@ from drcl_fast.ops.recast import scaled_residual, sparse_rows
 # B = 1,024, D = 2,048 with two nonzeros a row: the cross term takes 3.1 ms gathering against
 # 5.3 ms multiplying at C = 200, the same at C = 40; the panels' C-space products cost the same.
 SPARSE_LABELS_ABOVE = 16
-PANEL_ROWS = 256   # rows per panel; measured on a 2-core CPU: 128 to 512 rows are within 10%
+# Rows per panel, and the size down to which a panel's diagonal block is split in halves. Measured
+# on a 2-core CPU at B = 1,024, D = 2,048 (forward+backward, in alternation): 512 / 128 ran 2-5 %
+# faster than 256 / 128 and 384 / 96, and splitting 256-row panels down to 64 rows was slower
+# still (the small GEMMs run below peak).
+PANEL_ROWS = 512
 # P = f~ L^T from the logits (see coordinates): from this many classes, where the B x D x C product
 # costs more than the check; for priors with cond(W)^2 up to this, since the route multiplies the
 # logits' rounding by cond(W); rows agreeing along the probe to this many roundings of their terms.
 LOGITS_ROUTE_MIN_CLASSES = 32
 LOGITS_ROUTE_MAX_CONDITION = 4.0
 PROBE_MARGIN = 32.0
-MIN_SPLIT_ROWS = 64   # a diagonal block's halves are computed apart down to this many rows
+MIN_SPLIT_ROWS = 128
 SUM_CHUNK = 1 << 18   # values squared at a time: a small temporary, reused from the heap
 
 
@@ -56,7 +60,7 @@ def pays_off(b: int, d: int, c: int) -> bool:
     and adds C-space work (about B C^2) and a fixed cost per call. Fitted to a grid of
     forward+backward timings on a 2-core CPU (bench/loss_grid.py: B 64 to 1,024, D 64 to
     2,048, C 10 to 200; no shape it picks was more than 9 % slower than the reference, none
-    it leaves more than 9 % faster): B (D + 512) >= 6 C^2 + 10^7 / B.
+    it leaves more than 10 % faster): B (D + 512) >= 6 C^2 + 10^7 / B.
     """
     return b * (d + 512) >= 6 * c * c + 1e7 / b
 
@@ -178,8 +182,8 @@ def _panel_gram(out: torch.Tensor, a: torch.Tensor, f_j: torch.Tensor, f_i: torc
     """out = a - f_j f_i^T, where f_i is the first rows of f_j: the panel's top block is symmetric.
 
     The block's upper half comes from its lower half by transposition, and its top-left
-    quarter by the same rule again, down to MIN_SPLIT_ROWS: at 256-row panels the forward
-    does 0.55 of a full B x B x D product instead of 0.625.
+    quarter by the same rule again, down to MIN_SPLIT_ROWS: at B = 1,024 the forward does
+    0.59 of a full B x B x D product instead of 0.75.
     """
     half = f_i.shape[0] // 2
     if half < MIN_SPLIT_ROWS:
