@@ -13,8 +13,8 @@ import warnings
 import torch
 
 # Sparse when at most 1 / DENSE_ABOVE of a row is nonzero. Measured on a 2-core CPU at
-# B = 1,024, D = 2,048 with two nonzeros a row: 0.2 ms against the product's 0.5 ms at
-# C = 10 and 4.4 ms at C = 200; at C = 3 two of three classes are nonzero: the product.
+# B = 1,024, D = 2,048 with two nonzeros a row, the residual: 0.47 ms by CSR against the dense
+# product's 0.69 ms at C = 10 and 5.8 ms at C = 200; at C = 3 two of three classes are nonzero.
 DENSE_ABOVE = 2
 
 
@@ -45,6 +45,4 @@ def scaled_residual(targets: torch.Tensor, pinv: torch.Tensor, features: torch.T
             warnings.simplefilter("ignore", UserWarning)
             targets = torch.sparse_csr_tensor(crow, classes.reshape(-1), weights.reshape(-1), targets.shape,
                                               check_invariants=False)
-    if out is None:
-        return torch.addmm(features, targets, pinv, beta=-scale, alpha=scale)
     return torch.addmm(features, targets, pinv, beta=-scale, alpha=scale, out=out)
