@@ -18,13 +18,13 @@ import torch
 DENSE_ABOVE = 2
 
 
-def sparse_rows(targets: torch.Tensor, dense_above: int = DENSE_ABOVE) -> tuple[torch.Tensor, torch.Tensor] | None:
+def sparse_rows(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(classes, weights), B x k each, holding every row's nonzeros (padded with zeros).
 
-    None when more than 1 / `dense_above` of some row is nonzero: then a dense product is cheaper.
+    None when more than 1 / DENSE_ABOVE of some row is nonzero: then a dense product is cheaper.
     """
     nonzeros = int((targets != 0).sum(dim=1).max()) if targets.numel() else 0
-    if nonzeros == 0 or nonzeros * dense_above > targets.shape[1]:
+    if nonzeros == 0 or nonzeros * DENSE_ABOVE > targets.shape[1]:
         return None
     weights, classes = targets.topk(nonzeros, dim=1)
     return classes, weights
