@@ -6,15 +6,43 @@ user of one layer (say, only `evaluate_map`) does not pay for the others.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
 
-# From a source tree (PYTHONPATH=.), drcl_fast.kernels is the repository's
-# top-level kernels/ folder; an installed package maps it there in pyproject.toml.
-_repo_root = Path(__file__).resolve().parent.parent
-if (_repo_root / "kernels" / "__init__.py").is_file() and str(_repo_root) not in __path__:
-    __path__.append(str(_repo_root))
+
+class _SourceTreeKernels(importlib.abc.MetaPathFinder):
+    """Finds `drcl_fast.kernels` in the repository's top-level kernels/ folder, and nothing else.
+
+    An installed package maps that folder in pyproject.toml; a source tree run
+    (PYTHONPATH=.) has no such mapping, and widening the package's __path__ to the
+    repository root would make tests/, bench/ and setup.py importable as drcl_fast.*.
+    """
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name, self.folder = name, folder
+
+    def find_spec(self, fullname: str, path: object = None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        return importlib.util.spec_from_file_location(fullname, self.folder / "__init__.py",
+                                                      submodule_search_locations=[str(self.folder)])
+
+
+def _map_kernels_of_source_tree() -> None:
+    name, folder = f"{__name__}.kernels", Path(__file__).resolve().parent.parent / "kernels"
+    if not (folder / "__init__.py").is_file() or importlib.util.find_spec(name) is not None:
+        return   # not a source tree, or the installed mapping already finds it
+    if not any(isinstance(finder, _SourceTreeKernels) for finder in sys.meta_path):
+        sys.meta_path.append(_SourceTreeKernels(name, folder))
+
+
+_map_kernels_of_source_tree()
 
 _PUBLIC = {
     "Solver": "drcl_fast.solver",

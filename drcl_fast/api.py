@@ -12,16 +12,35 @@ from drcl_fast.trainer import FitResult, fit, output_dim
 
 
 class DRCL:
-    """Train DRCL on a dataset and embed new items into the shared space."""
+    """Train DRCL on a dataset and embed new items into the shared space.
+
+    Args:
+        config: the run's settings, made for the dataset it will fit
+            (`DRCLConfig.preset(name, ...)`: that dataset's published settings, then yours).
+            None: `fit` builds `DRCLConfig.preset(<the fitted data's name>, **overrides)`.
+        **overrides: fields to change in `config` (or in the preset when `config` is None).
+    """
 
     def __init__(self, config: DRCLConfig | None = None, **overrides) -> None:
-        config = config or DRCLConfig()
-        self.config = config.replace(**overrides) if overrides else config
+        self._overrides = overrides
+        self.config: DRCLConfig | None = config.replace(**overrides) if config is not None and overrides else config
         self.result: FitResult | None = None
         self._encoders: dict[int, Encoder] = {}
 
     def fit(self, data: MultiModalData | str, progress: bool | None = None) -> "DRCL":
-        """Train on `data` (a MultiModalData or a dataset name); writes the released files under config.out."""
+        """Train on `data` and write the released files under `config.out`.
+
+        Args:
+            data: a MultiModalData, or a dataset name for `load_dataset`.
+            progress: progress bars (default: unless `config.quiet`).
+
+        Raises:
+            ConfigError: the config was made for another dataset than `data`.
+        """
+        if self.config is None:
+            overrides = dict(self._overrides)
+            name = overrides.pop("datasets", data if isinstance(data, str) else data.name)
+            self.config = DRCLConfig.preset(name, **overrides)
         if isinstance(data, str):
             data = load_dataset(data, self.config.data_root, self.config.data_path)
         self.result = fit(data, self.config, progress=not self.config.quiet if progress is None else progress)

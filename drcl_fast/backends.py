@@ -1,30 +1,44 @@
-"""One dispatch rule for every op that has several implementations.
+"""One dispatch rule, and one list of backend names, for every op that has several implementations.
 
 An op registers its implementations by backend name ("torch" is always the
-reference). `backend="auto"` picks the first available entry of the device's
-preference list; an explicit backend that is unavailable is an error.
+reference). A backend name chooses that implementation for every op that has
+one under it, and the best available (what "auto" picks) for every op that has
+none: `--backend cpp` ranks MAP in C++ and trains with the fastest training ops,
+`--backend restructured` trains with the restructured loss and ranks with the
+fastest evaluator. An op's own backend that is unavailable (not built, no
+Triton, no GPU) is an error.
 """
 from __future__ import annotations
 
+import os
 import warnings
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import torch
 
 from drcl_fast.errors import BackendError
 
-# "restructured": PyTorch rewritten by algebra (the RSC loss in C-space), for any device.
-BACKENDS = ("auto", "torch", "triton", "cpp", "restructured")
-
-# An op with no implementation of its own under these names runs the one named here:
-# algebra restructures the loss only, so every other op keeps its reference under it.
-STAND_INS = {"restructured": "torch"}
+# Every backend name the package knows, with what it means: the CLI's choices and help come from here.
+BACKENDS = {
+    "auto": "the fastest implementation available for the tensors' device",
+    "torch": "the PyTorch reference",
+    "triton": "Triton kernels (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)",
+    "cpp": "the C++ extension (MAP ranking on the CPU)",
+    "restructured": "PyTorch restructured by algebra (the RSC loss in C-space)",
+}
 
 # Fastest first. "torch" closes every list, so "auto" always finds something.
 AUTO_PREFERENCE = {
     "cuda": ("triton", "restructured", "torch"),
     "cpu": ("cpp", "restructured", "torch"),
 }
+
+
+def flag_options() -> dict[str, object]:
+    """argparse options of every command's --backend flag: the names and their meanings from BACKENDS."""
+    meanings = "; ".join(f"{name}: {meaning}" for name, meaning in BACKENDS.items())
+    return dict(default="auto", choices=list(BACKENDS), metavar="NAME",
+                help=f"how ops run. {meanings} (default: auto)")
 
 
 _already_said: set[tuple[str, str]] = set()
@@ -43,27 +57,33 @@ def check_backend_name(backend: str) -> str:
     return backend
 
 
-def choose(op: str, backend: str, device: torch.device | str,
-           impls: Mapping[str, Callable | None]) -> Callable:
+def picks_automatically(backend: str, impls: Mapping[str, Callable | None]) -> bool:
+    """Whether `backend` leaves the choice among `impls` to the "auto" rule (the op has none of that name)."""
+    return backend == "auto" or backend not in impls
+
+
+def choose(op: str, backend: str, device: torch.device | str, impls: Mapping[str, Callable | None],
+           exclude: Collection[str] = ()) -> Callable:
     """The implementation of `op` to run for `backend` on `device`.
 
     `impls` maps backend names to callables, or to None where that backend
     exists in principle but is not usable in this process (not built, no Triton).
+    `exclude` names implementations the "auto" rule must pass over.
     """
     check_backend_name(backend)
     device_type = torch.device(device).type
-    if backend != "auto":
-        fn = impls.get(backend if backend in impls else STAND_INS.get(backend, backend))
+    if not picks_automatically(backend, impls) and backend not in exclude:
+        fn = impls[backend]
         if fn is None:
             have = [name for name, f in impls.items() if f is not None]
             raise BackendError(
                 f"{op}: backend {backend!r} is not available here (usable: {', '.join(have)}); "
                 f"pass backend='auto' or one of those")
-        if backend == "triton" and device_type != "cuda":
+        if backend == "triton" and device_type != "cuda" and not _triton_interpreted():
             raise BackendError(f"{op}: backend 'triton' needs CUDA tensors, got {device_type} tensors; "
                                f"move the inputs to a GPU or pass backend='auto'")
         return fn
-    preference = AUTO_PREFERENCE.get(device_type, ("torch",))
+    preference = [name for name in AUTO_PREFERENCE.get(device_type, ("torch",)) if name not in exclude]
     for name in preference:
         fn = impls.get(name)
         if fn is not None:
@@ -74,3 +94,8 @@ def choose(op: str, backend: str, device: torch.device | str,
                          f"tensors; using {name!r}")
             return fn
     return impls["torch"]
+
+
+def _triton_interpreted() -> bool:
+    """Triton's CPU interpreter is on: its kernels then run on CPU tensors (slowly), as the tests run them."""
+    return os.environ.get("TRITON_INTERPRET") == "1"

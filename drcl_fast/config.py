@@ -56,8 +56,7 @@ class DRCLConfig:
     @classmethod
     def preset(cls, dataset: str, **overrides: Any) -> "DRCLConfig":
         """The published settings for `dataset` (DESIGN.md section 1), then `overrides`."""
-        base = {k: v for k, v in PRESETS.get(dataset, {}).items() if k != "wselect"}
-        base.update(overrides)
+        base = {**PRESETS.get(dataset, {}), **overrides}
         return cls(datasets=dataset, **base)
 
     def learning_rates(self, num_modalities: int) -> list[float]:
@@ -90,5 +89,5 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU-sized run on the bundled data (make demo): smaller encoders, batches and epochs,
     # chosen by validation MAP among a handful of sizes (tools/mfeat_baseline.py gives the bar).
     "mfeat": dict(epochs=40, batch_size=140, output_shape=512, hidden_shape=1024,
-                  lr=[1e-3] * 6, wselect=True),
+                  lr=[1e-3] * 6),
 }

@@ -7,11 +7,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from drcl_fast.config import PRESETS, DRCLConfig
+from drcl_fast import backends
+from drcl_fast.config import DRCLConfig
 from drcl_fast.errors import ConfigError
 
 # Released flags kept for compatibility that change nothing here.
 INERT_FLAGS = ("gpu_id", "just_val", "running_time")
+
+# The released main.py's --wselect default at the authors' current head (it was False
+# before): a bare `main.py --datasets wiki` learns the prior with SPL.
+RELEASED_WSELECT = True
 
 
 def str2bool(text: str | bool) -> bool:
@@ -42,8 +47,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(g, "datasets", default="wiki", help="wiki, xmedia, xmedianet, nus, INRIA-Websearch, mfeat (default: wiki)")
     _flag(g, "lr", type=float, nargs="+", default=None, help="RSC learning rate per modality")
     _flag(g, "lr_SPL", type=float, default=None, help="SPL learning rate (5e-4)")
-    _flag(g, "wselect", default=None, help="learn the prior with SPL (True) or read PriorW/ (False, released default)",
-          **boolean)
+    _flag(g, "wselect", default=None, help="learn the prior with SPL (True, the released default) or read "
+          "PriorW/W_{D}X{C}{dataset}.mat (False)", **boolean)
     _flag(g, "batch_size", type=int, default=None, help="batch size (1024)")
     _flag(g, "output_shape", type=int, default=None, help="embedding width D (2048; -1: number of classes)")
     _flag(g, "alpha", type=float, default=None, help="J_D weight (0.1)")
@@ -63,7 +68,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(n, "data_path", default=None, help="a generic .npz/.h5/.mat container to train on instead")
     _flag(n, "out", default=".", help="folder for PriorW/, features/, metrics.json and logging/ (default: .)")
     _flag(n, "device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    _flag(n, "backend", default="auto", choices=["auto", "torch", "triton", "cpp"], help="op implementations")
+    _flag(n, "backend", **backends.flag_options())
     _flag(n, "hidden_shape", type=int, default=None, help="encoder hidden width H (4096)")
     _flag(n, "spl_epochs", type=int, default=None, help="SPL epochs (default: --epochs)")
     _flag(n, "prior", default=None, help="spl, file, w0 (the without-SPL ablation) or a prior file; overrides --wselect")
@@ -83,7 +88,7 @@ def config_from_flags(ns: argparse.Namespace) -> DRCLConfig:
     dataset = flags["datasets"]
     fields = set(DRCLConfig.__dataclass_fields__)
     given = {k: v for k, v in flags.items() if k in fields and v is not None}
-    given["prior"] = _prior_choice(flags, dataset)
+    given["prior"] = _prior_choice(flags)
     if flags.get("device", "auto") == "auto" and flags.get("gpu_id"):
         import torch
         if torch.cuda.is_available():
@@ -95,13 +100,11 @@ def config_from_flags(ns: argparse.Namespace) -> DRCLConfig:
     return DRCLConfig.preset(dataset, **given)
 
 
-def _prior_choice(flags: dict[str, Any], dataset: str) -> str:
+def _prior_choice(flags: dict[str, Any]) -> str:
     wselect = flags.get("wselect")
     if flags.get("prior") is not None:
         if wselect is not None and wselect != (flags["prior"] == "spl"):
             raise ConfigError(f"--prior {flags['prior']} contradicts --wselect {wselect}: --wselect True "
                               f"means --prior spl, False means --prior file; give one of them")
         return flags["prior"]
-    if wselect is None:  # released default False, except where no released prior file can exist
-        wselect = PRESETS.get(dataset, {}).get("wselect", False)
-    return "spl" if wselect else "file"
+    return "spl" if (RELEASED_WSELECT if wselect is None else wselect) else "file"

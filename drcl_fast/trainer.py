@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from drcl_fast import ops, outputs, preflight
+from drcl_fast import outputs, preflight, runtime
 from drcl_fast.checkpoint import Checkpointer, fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
@@ -37,15 +36,6 @@ class FitResult:
     metrics: list[DirectionResult] = field(default_factory=list)  # [MAP@all, MAP@50] when evaluated
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-    return device
-
-
 def output_dim(cfg: DRCLConfig, data: MultiModalData) -> int:
     return data.num_classes if cfg.output_shape == -1 else cfg.output_shape
 
@@ -71,13 +61,25 @@ def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResu
     With `cfg.resume`, an interrupted run with the same settings continues from
     its checkpoint and ends exactly as an uninterrupted one.
     """
+    check_dataset_name(cfg, data)
     views = preflight.check_run(cfg, data)
-    device = resolve_device(cfg.device)
-    ops.check_backend(cfg.backend, device)
-    if cfg.deterministic:
-        # cuBLAS reads this when its first handle is made: in time unless CUDA already ran.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    device = runtime.resolve_device(cfg.device)
+    runtime.check_backends(cfg.backend, device)
+    with runtime.deterministic_algorithms(cfg.deterministic):
+        return _fit(data, cfg, views, device, progress)
+
+
+def check_dataset_name(cfg: DRCLConfig, data: MultiModalData) -> None:
+    """The outputs and the checkpoint are named after cfg.datasets: it must name the data being fitted."""
+    if cfg.datasets != data.name:
+        raise ConfigError(
+            f"the configuration is for dataset {cfg.datasets!r} (its `datasets` field, which names the output "
+            f"files and sets the preset) but the data is {data.name!r}; build it with "
+            f"DRCLConfig.preset({data.name!r}, ...) to apply that dataset's settings, or pass DRCL() no config")
+
+
+def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.device,
+         progress: bool) -> FitResult:
     lrs = cfg.learning_rates(data.num_modalities)
     identity = fingerprint(cfg, data) if cfg.checkpoint_every != 0 or cfg.resume else {}
     checkpointer = Checkpointer(cfg.out, cfg.datasets, cfg.view_id, cfg.checkpoint_every, identity)
@@ -107,7 +109,7 @@ def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResu
     except NonFiniteLossError as error:
         raise NonFiniteLossError(f"{error}. The last good checkpoint ({checkpointer.last_saved}) is "
                                  f"{checkpointer.path}" if checkpointer.enabled else str(error)) from None
-    result.metrics = evaluate_saved(cfg, data, views, result, progress)
+    result.metrics = evaluate_saved(cfg, data, views, result, device, progress)
     checkpointer.remove()  # the run is complete: its outputs hold everything
     return result
 
@@ -136,8 +138,11 @@ def _rsc_unit(cfg: DRCLConfig, data: MultiModalData, k: int, lr: float, prior: t
 
 
 def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], result: FitResult,
-                   progress: bool) -> list[DirectionResult]:
-    """MAP of every direction, from this run's outputs and, for --view_id runs, earlier ones on disk."""
+                   device: torch.device, progress: bool) -> list[DirectionResult]:
+    """MAP of every direction, from this run's outputs and, for --view_id runs, earlier ones on disk.
+
+    Ranked on the training device, so that a GPU run evaluates there too.
+    """
     embeddings, labels = [], []
     for k in range(data.num_modalities):
         if k in result.rsc:
@@ -151,6 +156,7 @@ def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], resu
             log.info("evaluation skipped: modality %d has no features file yet (%s); train it with "
                      "--view_id %d", k, outputs.features_path(cfg.out, cfg.datasets, k), k)
             return []
+    embeddings = [torch.from_numpy(e).to(device) for e in embeddings]
     metrics = [evaluate_directions(embeddings, labels, data.modalities, k=k, backend=cfg.backend,
                                    progress=progress) for k in RETRIEVAL_KS]
     outputs.save_json(outputs.metrics_path(cfg.out), metrics_dict(metrics))

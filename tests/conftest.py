@@ -9,10 +9,32 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import importlib.util  # noqa: E402
+
 import pytest  # noqa: E402
 
 from drcl_fast.config import DRCLConfig  # noqa: E402
 from drcl_fast.data import load_mfeat  # noqa: E402
+from drcl_fast.retrieval import cpp  # noqa: E402
+
+# Set by `make test` and CI: what would otherwise skip tests must be there.
+REQUIRE_EXTENSIONS = os.environ.get("DRCL_FAST_REQUIRE_EXTENSIONS") == "1"
+
+
+def missing_extensions() -> list[str]:
+    """The optional parts this process lacks, each with what to do about it."""
+    missing = []
+    if not cpp.AVAILABLE:
+        missing.append("the C++ extension drcl_fast._map_cpp is not built (reinstall with `pip install -e .` "
+                       "and read the compiler's error, or `make clean test`)")
+    if importlib.util.find_spec("triton") is None:
+        missing.append("Triton is not installed (`pip install -e '.[test]'`)")
+    return missing
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if REQUIRE_EXTENSIONS and missing_extensions():
+        raise pytest.UsageError("DRCL_FAST_REQUIRE_EXTENSIONS=1, but " + "; ".join(missing_extensions()))
 
 
 @pytest.fixture(scope="session")

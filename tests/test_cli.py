@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import subprocess
@@ -13,9 +14,11 @@ import pytest
 import scipy.io as sio
 
 from drcl_fast import Solver
+from drcl_fast.backends import BACKENDS
 from drcl_fast.cli import main
 from drcl_fast.errors import ConfigError
 from drcl_fast.flags import config_from_flags, str2bool
+from drcl_fast.retrieval import cpp as retrieval_cpp
 
 TINY = ["--datasets", "mfeat", "--epochs", "3", "--hidden_shape", "32", "--output-shape", "16",
         "--batch_size", "200", "--device", "cpu"]
@@ -80,7 +83,6 @@ def test_bad_arguments_are_reported_without_traceback(tmp_path, capsys):
     out = ["--out", str(tmp_path), "--quiet"]
     assert "--view_id 6 is out of range" in fails_with(["train", *TINY, "--view_id", "6", *out], capsys)
     assert "6 modalities" in fails_with(["train", *TINY, "--lr", "1e-3", "1e-3", *out], capsys)
-    assert "triton" in fails_with(["train", *TINY, "--backend", "triton", *out], capsys)
     assert "prior" in fails_with(["train", *TINY, "--prior", str(tmp_path / "nope.mat"), *out], capsys)
 
 
@@ -91,7 +93,7 @@ def test_released_flag_defaults_and_meanings():
     cfg = config_from_flags(parser.parse_args([]))
     assert (cfg.datasets, cfg.batch_size, cfg.output_shape, cfg.hidden_shape, cfg.epochs) == ("wiki", 1024, 2048, 4096, 200)
     assert (cfg.alpha, cfg.beta, cfg.eta, cfg.gamma, cfg.lr_SPL, cfg.seed) == (0.1, 0.1, 1.0, 0.9, 5e-4, 1)
-    assert cfg.lr == [6e-6, 5e-3] and cfg.prior == "file"          # released: --wselect False reads PriorW/
+    assert cfg.lr == [6e-6, 5e-3] and cfg.prior == "spl"           # released: --wselect True learns the prior
     assert config_from_flags(parser.parse_args(["--wselect", "True"])).prior == "spl"
     assert config_from_flags(parser.parse_args(["--wselect"])).prior == "spl"
     assert config_from_flags(parser.parse_args(["--wselect", "False"])).prior == "file"
@@ -103,6 +105,66 @@ def test_released_flag_defaults_and_meanings():
         config_from_flags(parser.parse_args(["--prior", "w0", "--wselect"]))
     with pytest.raises(argparse.ArgumentTypeError):
         str2bool("maybe")
+
+
+def released_wiki(folder: Path) -> Path:
+    """A small wiki.mat in the released layout (labels 1-based, test labels a 1 x n row), learnable by class."""
+    rng = np.random.default_rng(0)
+    centres, to_text = rng.normal(size=(10, 8)), rng.normal(size=(8, 6))
+
+    def rows(n):
+        y = np.arange(n) % 10
+        noise = lambda d: 0.3 * rng.normal(size=(n, d))
+        return y + 1, (centres[y] + noise(8)).astype(np.float32), (centres[y] @ to_text + noise(6)).astype(np.float32)
+
+    (y_train, img_train, txt_train), (y_test, img_test, txt_test) = rows(60), rows(251)
+    folder.mkdir(parents=True, exist_ok=True)
+    sio.savemat(folder / "wiki.mat", dict(
+        train_imgs_deep=img_train, train_texts_doc=txt_train, train_imgs_labels=y_train.reshape(-1, 1),
+        test_imgs_deep=img_test, test_texts_doc=txt_test, test_imgs_labels=y_test.reshape(1, -1)))
+    return folder
+
+
+WIKI_TINY = ["--datasets", "wiki", "--epochs", "2", "--hidden_shape", "16", "--output_shape", "16",
+             "--batch_size", "30", "--device", "cpu", "--quiet"]
+WIKI_RESULT_LINE = re.compile(r"^test resutls@(all|50): - mean: \d\.\d{5} - detail:(\d\.\d{5},){2}$", re.M)
+
+
+def test_bare_released_command_learns_the_prior_with_spl(tmp_path, capsys):
+    """`main.py --datasets wiki` of the released code (current --wselect default True): SPL, then RSC."""
+    root, out = released_wiki(tmp_path / "datasets"), tmp_path / "run"
+    assert main(["train", *WIKI_TINY, "--data_root", str(root), "--out", str(out)]) == 0
+    assert len(WIKI_RESULT_LINE.findall(capsys.readouterr().out)) == 2
+    assert sio.loadmat(out / "PriorW" / "W_16X10wiki.mat")["W"].shape == (16, 10)
+    assert all((out / "PriorW" / f"W_16X10wiki{k}.mat").is_file() for k in range(2))
+    assert "SPL text epoch 2/2" in (out / "logging" / "wiki.log").read_text()
+    # --wselect False reads the prior file, which the run above wrote.
+    assert main(["train", *WIKI_TINY, "--data_root", str(root), "--out", str(out), "--wselect", "False",
+                 "--overwrite"]) == 0
+    second_run = (out / "logging" / "wiki.log").read_text().split("arguments:")[-1]
+    assert "prior W read from" in second_run and "SPL text epoch" not in second_run
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_every_backend_name_the_parser_accepts_trains(tmp_path, capsys, backend):
+    """Each name picks its own implementation where an op has one and the best available elsewhere."""
+    root = released_wiki(tmp_path / "datasets")
+    argv = ["train", *WIKI_TINY, "--data_root", str(root), "--out", str(tmp_path / "run"), "--backend", backend]
+    unavailable = {"cpp": not retrieval_cpp.AVAILABLE, "triton": importlib.util.find_spec("triton") is None}
+    if unavailable.get(backend):          # a machine without the compiled extension or Triton: a clean refusal
+        assert f"backend {backend!r} is not available" in fails_with(argv, capsys)
+        return
+    assert main(argv) == 0
+    assert len(WIKI_RESULT_LINE.findall(capsys.readouterr().out)) == 2
+
+
+def test_help_lists_the_backends_from_their_one_source(capsys):
+    for command in ("train", "eval"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        printed = " ".join(capsys.readouterr().out.split())
+        for name, meaning in BACKENDS.items():
+            assert f"{name}: {' '.join(meaning.split())}" in printed, (command, name)
 
 
 def test_solver_accepts_the_released_namespace(tmp_path, monkeypatch, capsys):
