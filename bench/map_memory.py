@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/map_memory.py                 # Q = N = 5,000, D = 512, every CPU backend
     .venv/bin/python bench/map_memory.py --size 200      # quick
+    .venv/bin/python bench/map_memory.py --size 1000 --bounded 1   # the bounded case chunks at this size too
 
 How: the parent writes the inputs to .npy files; a child process loads them
 (np.load: no temporaries beyond the arrays), resets the kernel's resident-set
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-CASES = [("torch", None, None), ("cpp", None, None), ("cpp", 50, None), ("cpp", None, 16 * 2**20)]
+# (backend, k, max_memory); BOUNDED stands for the --bounded budget.
+BOUNDED = "bounded"
+CASES = [("torch", None, None), ("cpp", None, None), ("cpp", 50, None), ("cpp", None, BOUNDED)]
 
 
 def _status_kib(field: str) -> int:
@@ -39,7 +42,7 @@ def child(folder: str, backend: str, k: int | None, max_memory: int | None) -> N
     print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024, "map": value}))
 
 
-def measure(size: int, dim: int = 512) -> list[dict]:
+def measure(size: int, dim: int = 512, bounded: int = 16 * 2**20) -> list[dict]:
     from drcl_fast.data.synthetic import make_retrieval_set
     from drcl_fast.retrieval import cpp
     rows = []
@@ -52,6 +55,7 @@ def measure(size: int, dim: int = 512) -> list[dict]:
             inputs_mib = sum(getattr(data, n).numel() * getattr(data, n).element_size()
                              for n in ("query", "gallery")) / 2**20
             for backend, k, max_memory in [c for c in CASES if c[0] != "cpp" or cpp.AVAILABLE]:
+                max_memory = bounded if max_memory == BOUNDED else max_memory
                 out = subprocess.run([sys.executable, __file__, "--child", folder, backend, str(k), str(max_memory)],
                                      capture_output=True, text=True, check=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -64,7 +68,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| labels | backend | MAP@ | max_memory | Q = N | embeddings (MiB) | peak beyond inputs (MiB) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        budget = "default" if r["max_memory"] is None else f"{r['max_memory'] / 2**20:.0f} MiB"
+        budget = "default" if r["max_memory"] is None else f"{r['max_memory'] / 2**20:g} MiB"
         lines.append(f"| {r['labels']} | {r['backend']} | {r['k'] or 'all'} | {budget} | {r['size']} | "
                      f"{r['inputs_mib']:.1f} | {r['peak_mib']:.1f} |")
     return "\n".join(lines)
@@ -73,13 +77,15 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=5_000)
+    parser.add_argument("--bounded", type=float, default=16, metavar="MIB",
+                        help="max_memory of the bounded case, MiB (default 16)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         folder, backend, k, max_memory = args.child
         child(folder, backend, None if k == "None" else int(k), None if max_memory == "None" else int(max_memory))
         return 0
-    print(table(measure(args.size)))
+    print(table(measure(args.size, bounded=int(args.bounded * 2**20))))
     return 0
 
 

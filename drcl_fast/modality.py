@@ -27,17 +27,34 @@ class ModalityData:
 
     @classmethod
     def from_dataset(cls, data: MultiModalData, k: int, device: torch.device) -> "ModalityData":
+        """Modality k's tensors for training; train and valid rows with no label are left out.
+
+        A row with no label has no target: its GCE term is -log 0 and Mixup of two such
+        rows recasts an all-zero target, so it cannot train or select a model. Test rows
+        are all kept: as gallery items they are never relevant, and MAP skips them as queries.
+        """
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        train_x, train_y = _labelled_rows(data, "train", k)
+        valid_x, valid_y = _labelled_rows(data, "valid", k)
         return cls(
             name=data.modalities[k],
-            train_x=to(data.train.features[k]), train_t=to(data.targets(data.train.labels[k])),
-            valid_x=to(data.valid.features[k]), valid_t=to(data.targets(data.valid.labels[k])),
+            train_x=to(train_x), train_t=to(data.targets(train_y)),
+            valid_x=to(valid_x), valid_t=to(data.targets(valid_y)),
             test_x=to(data.test.features[k]), test_labels=data.test.labels[k],
         )
 
     @property
     def input_dim(self) -> int:
         return int(self.train_x.shape[1])
+
+
+def _labelled_rows(data: MultiModalData, split: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Modality k's features and labels in `split`, without its unlabelled rows (no copy if there are none)."""
+    x, y = data.split(split).features[k], data.split(split).labels[k]
+    unlabelled = data.unlabelled_rows(split, k)
+    if not unlabelled.any():
+        return x, y
+    return x[~unlabelled], y[~unlabelled]
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 from drcl_fast.config import DRCLConfig
-from drcl_fast.data.container import MultiModalData
-from drcl_fast.errors import ConfigError, OutputError
+from drcl_fast.data.container import SPLITS, MultiModalData
+from drcl_fast.errors import ConfigError, DataError, DataWarning, OutputError
 
 
 def check_run(cfg: DRCLConfig, data: MultiModalData) -> list[int]:
@@ -23,14 +24,55 @@ def check_run(cfg: DRCLConfig, data: MultiModalData) -> list[int]:
         raise ConfigError(f"--lr gives {len(cfg.lr)} learning rate(s) for the {k} modalities of {data.name!r} "
                           f"({', '.join(data.modalities)}); pass exactly one per modality")
     views = [cfg.view_id] if cfg.view_id >= 0 else list(range(k))
+    unlabelled = unlabelled_counts(data)
+    # SPL learns on every modality, whichever views RSC trains.
+    for v in range(k) if cfg.prior == "spl" else views:
+        _check_training_rows(cfg, data, v, unlabelled[v]["train"])
     for v in views:
-        n = data.train.features[v].shape[0]
-        if n < cfg.batch_size:
-            raise ConfigError(f"modality {v} ({data.modalities[v]}) has {n} training rows, fewer than one "
-                              f"batch of --batch_size {cfg.batch_size}: no full batch to train on; lower it")
+        _check_validation_rows(data, v, unlabelled[v]["valid"])
     _check_prior(cfg)
     check_writable(cfg.out)
+    _warn_unlabelled(data, unlabelled)
     return views
+
+
+def unlabelled_counts(data: MultiModalData) -> list[dict[str, int]]:
+    """Per modality, the number of rows with no label in each split (all 0 for single-label data)."""
+    return [{s: int(data.unlabelled_rows(s, v).sum()) for s in SPLITS} for v in range(data.num_modalities)]
+
+
+def _check_training_rows(cfg: DRCLConfig, data: MultiModalData, v: int, unlabelled: int) -> None:
+    """At least one full batch of labelled training rows: rows with no label are left out of training."""
+    n = data.train.features[v].shape[0]
+    name = f"modality {v} ({data.modalities[v]})"
+    if unlabelled == n:
+        raise DataError(f"dataset {data.name!r}, {name}: all {n} training rows have no label (all-zero rows "
+                        f"of the label matrix), so there is nothing to train on; give them their classes")
+    labelled = n - unlabelled
+    if labelled < cfg.batch_size:
+        rows = f"{labelled} training rows with a label ({unlabelled} of {n} have none)" if unlabelled \
+            else f"{n} training rows"
+        raise ConfigError(f"{name} has {rows}, fewer than one batch of --batch_size {cfg.batch_size}: no full "
+                          f"batch to train on; lower it")
+
+
+def _check_validation_rows(data: MultiModalData, v: int, unlabelled: int) -> None:
+    n = data.valid.features[v].shape[0]
+    if unlabelled == n:
+        raise DataError(f"dataset {data.name!r}, modality {v} ({data.modalities[v]}): all {n} validation rows "
+                        f"have no label (all-zero rows of the label matrix), so no model can be selected; "
+                        f"give them their classes, or move labelled items into the valid split")
+
+
+def _warn_unlabelled(data: MultiModalData, unlabelled: list[dict[str, int]]) -> None:
+    """One warning per run for the rows with no label, so that a user sees it once."""
+    listed = "; ".join(f"{m}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
+                       for m, counts in zip(data.modalities, unlabelled) if any(counts.values()))
+    if listed:
+        warnings.warn(f"dataset {data.name!r}: some rows have no label (all-zero rows of the label matrix) — "
+                      f"{listed}. Their train and valid rows are left out of training, SPL scoring and model "
+                      f"selection; test rows are kept (as gallery items they are never relevant, and MAP skips "
+                      f"them as queries)", DataWarning, stacklevel=4)
 
 
 def _check_numbers(cfg: DRCLConfig, data: MultiModalData) -> None:

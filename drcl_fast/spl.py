@@ -102,8 +102,7 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
             batches += 1
         mean_loss = float(total) / max(batches, 1)
         if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(f"SPL on modality {data.name!r}, epoch {epoch + 1}: the GCE loss J_L is "
-                                     f"{mean_loss}; lower --lr_SPL")
+            raise NonFiniteLossError(_non_finite_message(data, epoch + 1, mean_loss))
         line = f"SPL {data.name} epoch {epoch + 1}/{epochs}: gce={mean_loss:.5f} q={q:.2f}"
         if (epoch + 1) % sample_interval == 0:
             score = quality_score(encoder, prior, data.train_x, data.train_t)
@@ -118,6 +117,17 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
         if on_epoch is not None:
             on_epoch(epoch + 1, snapshot)
     return result
+
+
+def _non_finite_message(data: ModalityData, epoch: int, loss: float) -> str:
+    """What went wrong and what to do: a target row with no label diverges at any learning rate."""
+    where = f"SPL on modality {data.name!r}, epoch {epoch}: the GCE loss J_L is {loss}"
+    unlabelled = int((data.train_t.sum(dim=1) == 0).sum())
+    if unlabelled:
+        return (f"{where}: {unlabelled} training row(s) with no label (all-zero target rows, whose GCE at "
+                f"q = 0 is -log 0 = inf); leave them out, as ModalityData.from_dataset does, or give them "
+                f"their classes")
+    return f"{where}; lower --lr_SPL"
 
 
 def select_prior(results: list[SPLResult], released_slip: bool = False) -> tuple[int, torch.Tensor]:

@@ -33,9 +33,9 @@ def prepare(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor,
             p: torch.Tensor | None = None) -> CSpace:
     """The C-space pieces; `yk` (y~ L L^T in float64), `nf` and `p` where the caller has them.
 
-    YK and |r| go through float64 (C x C and B x C work): in float32 the three roundings of
-    K, YK and the row sums added up to twice the reference's error where cos2(r_i, r_j) and
-    cos2(f_i, f_j) nearly cancel, late in training.
+    YK and |r| go through float64 (C x C and B x C work): in float32 the roundings of K, YK
+    and the row sums add up where cos2(r_i, r_j) and cos2(f_i, f_j) nearly cancel, late in
+    training (docs/kernels.md).
     """
     if yk is None:
         wide = pinv.double()

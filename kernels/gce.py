@@ -35,7 +35,8 @@ def _gce_kernel(logits_ptr, targets_ptr, loss_ptr, grad_ptr, B, C, s_p, s_t, s_g
         loss = -log_s
     else:
         loss = (1.0 - tl.exp(q * log_s)) / q
-    ds = (-tl.exp((q - 1.0) * log_s) * inv_b).to(probs.dtype)
+    # s^(q-1) = 1 at q = 1, also at s = 0 (a target row with no class), where (q - 1) log s is NaN
+    ds = (-tl.exp(tl.where(q == 1.0, 0.0, (q - 1.0) * log_s)) * inv_b).to(probs.dtype)
     tl.store(loss_ptr + rows, loss.to(probs.dtype), mask=r_ok)
     tl.store(grad_ptr + rows[:, None] * s_g + rc[None, :], (ds[:, None] * probs) * (t - s[:, None]), mask=mask)
 

@@ -93,7 +93,6 @@ def run_config(tmp_path, data=None, **changes):
     ({"batch_size": 13}, ConfigError, "12 training rows, fewer than one batch of --batch_size 13"),
     ({"lr": [1e-3]}, ConfigError, "--lr gives 1 learning rate(s) for the 2 modalities"),
     ({"view_id": 2}, ConfigError, "--view_id 2 is out of range"),
-    ({"backend": "triton"}, BackendError, "backend 'triton'"),
     ({"gamma": 1.5}, ConfigError, "--gamma 1.5"),
     ({"output_shape": 2}, ConfigError, "smaller than the 3 classes"),
     ({"prior": "w0", "released_prior_slip": True}, ConfigError, "--released_prior_slip only apply"),
@@ -103,6 +102,13 @@ def test_arguments_that_cannot_work_are_refused_before_training(tmp_path, change
         run_config(tmp_path, **changes)
     assert message in str(err.value)
     assert not (tmp_path / "out" / "features").exists()   # nothing trained, nothing written
+
+
+def test_triton_on_cpu_tensors_without_the_interpreter_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendError, match="backend 'triton' needs CUDA tensors"):
+        run_config(tmp_path, backend="triton")
+    assert not (tmp_path / "out" / "features").exists()
 
 
 def test_one_modality_cannot_do_cross_modal_retrieval(tmp_path):
@@ -150,3 +156,27 @@ def test_valid_data_raises_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         toy()
+
+
+def multilabel_toy(unlabelled: dict[str, int]) -> MultiModalData:
+    """toy() with 0/1 label matrices; unlabelled {"train_y1": 12, ...} empties that many first rows."""
+    change = {}
+    for split, n in zip(("train", "valid", "test"), (12, 6, 6)):
+        for m in range(2):
+            y = np.eye(3)[np.arange(n) % 3]
+            y[:unlabelled.get(f"{split}_y{m}", 0)] = 0
+            change[f"{split}_y{m}"] = y
+    return toy(**change)
+
+
+@pytest.mark.parametrize("unlabelled, error, message", [
+    ({"train_y1": 12}, DataError, "modality 1 (txt): all 12 training rows have no label"),
+    ({"valid_y0": 6}, DataError, "modality 0 (img): all 6 validation rows have no label"),
+    ({"train_y0": 9}, ConfigError, "modality 0 (img) has 3 training rows with a label (9 of 12 have none), "
+                                   "fewer than one batch of --batch_size 4"),
+])
+def test_too_few_labelled_rows_are_refused_before_training(tmp_path, unlabelled, error, message):
+    with pytest.raises(error) as err:
+        run_config(tmp_path, data=multilabel_toy(unlabelled))
+    assert message in str(err.value)
+    assert not (tmp_path / "out" / "features").exists()

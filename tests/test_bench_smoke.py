@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from drcl_fast.retrieval import cpp
+from drcl_fast.retrieval import cpp, reference
 from drcl_fast.retrieval import triton as triton_backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,11 +38,40 @@ def test_cpu_map_benchmarks_and_table(tmp_path):
     assert "| single10 | torch |" in table and "vs released" in table
 
 
-def test_memory_probe_tiny():
-    out = run("bench/map_memory.py", "--size", "200")
-    lines = [line for line in out.splitlines() if line.startswith("| single10") or line.startswith("| multi21")]
-    assert len(lines) == (8 if cpp.AVAILABLE else 2)
-    assert all(float(line.split("|")[-2]) >= 0 for line in lines)
+def table_rows(text: str, first: str) -> list[list[str]]:
+    """The cells of each markdown table row of `text` whose first cell starts with `first`."""
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in text.splitlines()
+            if line.startswith(f"| {first}")]
+
+
+# Allocator and library overhead beyond what the design accounts for (page rounding, per-thread scratch).
+SLACK_MIB = 8
+
+
+def design_budget_mib(backend: str, max_memory: str, size: int, inputs_mib: float) -> float:
+    """Peak memory the design allows one evaluation: unit-row copies of both embedding matrices plus
+    one query chunk's working set, sized by the backend's own rule; plus SLACK_MIB."""
+    budget = reference.DEFAULT_MAX_MEMORY if max_memory == "default" else float(max_memory.split()[0]) * 2**20
+    per_pair = reference._BYTES_PER_PAIR if backend == "torch" else cpp._BYTES_PER_SCORE_PAIR[torch.float32]
+    chunk = reference.auto_chunk_size(size, size, int(budget), per_pair) * size * per_pair
+    return 2 * inputs_mib + chunk / 2**20 + SLACK_MIB
+
+
+def test_memory_probe_is_bounded_and_ordered():
+    # Q = N = 1,000: a 1 MiB budget makes cpp rank 174-query chunks instead of all 1,000 queries at once.
+    out = run("bench/map_memory.py", "--size", "1000", "--bounded", "1")
+    peaks = {}
+    for labels in ("single10", "multi21"):
+        rows = table_rows(out, labels)
+        assert len(rows) == (4 if cpp.AVAILABLE else 1), out
+        for _, backend, k, max_memory, size, inputs_mib, peak in rows:
+            peak_mib = float(peak)
+            assert math.isfinite(peak_mib) and 0 <= peak_mib <= design_budget_mib(
+                backend, max_memory, int(size), float(inputs_mib)), (labels, backend, k, max_memory, peak)
+            peaks[labels, backend, k, max_memory] = peak_mib
+        if cpp.AVAILABLE:  # the reference's matrices > cpp's one score chunk > a smaller chunk
+            assert (peaks[labels, "torch", "all", "default"] > peaks[labels, "cpp", "all", "default"]
+                    > peaks[labels, "cpp", "all", "1 MiB"]), peaks
 
 
 @pytest.mark.skipif(not triton_backend.AVAILABLE, reason="triton is not installed")

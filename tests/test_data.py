@@ -96,15 +96,19 @@ XMEDIA_NAMES = {  # modality: feature prefix, feature suffix, label infix
 }
 
 
-def test_xmedia_first_rows_are_test_rest_valid(tmp_path: Path) -> None:
-    arrays, test_sizes = {}, {}
+def xmedia_arrays() -> dict[str, np.ndarray]:
+    arrays = {}
     for i, (m, (pre, suf, lab)) in enumerate(XMEDIA_NAMES.items()):
         n_test = XMEDIA_TEST[m] + 3 + i
-        test_sizes[m] = n_test
         arrays[f"{pre}_tr{suf}"] = feats(40, 3 + i)
         arrays[f"{pre}_te{suf}"] = feats(n_test, 3 + i)
         arrays[f"tr{lab}Cat"] = ids(40, 20, base=1).reshape(-1, 1)
         arrays[f"te{lab}Cat"] = ids(n_test, 20, base=1)  # savemat stores a vector as 1 x n
+    return arrays
+
+
+def test_xmedia_first_rows_are_test_rest_valid(tmp_path: Path) -> None:
+    arrays = xmedia_arrays()
     (tmp_path / "XMedia").mkdir()
     scipy.io.savemat(tmp_path / "XMedia" / "XMediaFeatures.mat", arrays)
 
@@ -115,7 +119,7 @@ def test_xmedia_first_rows_are_test_rest_valid(tmp_path: Path) -> None:
         n, x, y = XMEDIA_TEST[m], arrays[f"{pre}_te{suf}"], arrays[f"te{lab}Cat"]
         np.testing.assert_array_equal(data.test.features[i], x[:n])
         np.testing.assert_array_equal(data.valid.features[i], x[n:])
-        assert len(data.valid.features[i]) == test_sizes[m] - n
+        assert len(data.valid.features[i]) == len(x) - n > 0
         np.testing.assert_array_equal(data.test.labels[i], y[:n])
         np.testing.assert_array_equal(data.valid.labels[i], y[n:])
         assert data.train.labels[i].shape == (40,)
@@ -146,15 +150,20 @@ def check_xmedianet(data: MultiModalData, cells: dict[str, list[np.ndarray]]) ->
     assert data.num_classes == 4
 
 
-def test_xmedianet_cell_arrays(tmp_path: Path) -> None:
-    cells = xmedianet_cells()
+def save_cells(path: Path, cells: dict[str, list[np.ndarray]]) -> None:
+    """Each list as a 1 x 5 MATLAB cell array, as the released XMediaNet file holds them."""
     as_matlab_cells = {}
     for key, value in cells.items():
-        cell = np.empty((1, 5), dtype=object)
+        cell = np.empty((1, len(value)), dtype=object)
         cell[0, :] = value
         as_matlab_cells[key] = cell
+    scipy.io.savemat(path, as_matlab_cells)
+
+
+def test_xmedianet_cell_arrays(tmp_path: Path) -> None:
+    cells = xmedianet_cells()
     (tmp_path / "XMediaNet").mkdir()
-    scipy.io.savemat(tmp_path / "XMediaNet" / "XMediaNet5View_Doc2Vec.mat", as_matlab_cells)
+    save_cells(tmp_path / "XMediaNet" / "XMediaNet5View_Doc2Vec.mat", cells)
     check_xmedianet(load_dataset("xmedianet", data_root=tmp_path), cells)
 
 
@@ -178,15 +187,33 @@ def test_xmedianet_rejects_a_plain_array(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- nus, INRIA
 
+def nus_arrays() -> dict[str, np.ndarray]:
+    arrays = {}
+    for s, n in (("train", 20), ("valid", 6), ("test", 9)):
+        arrays.update({f"{s}_imgs_deep": feats(n, 8), f"{s}_texts": feats(n, 5),
+                       f"{s}_imgs_labels": np.eye(21, dtype=np.uint8)[np.arange(n) % 21]})
+    return arrays
+
+
+def save_h5(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f[key] = value
+
+
+def inria_arrays() -> dict[str, np.ndarray]:
+    arrays = {}
+    for p, n in (("tr", 25), ("val", 5), ("te", 8)):  # test_inria_reads_class_ids relies on these sizes
+        arrays.update({f"{p}_img": feats(n, 6), f"{p}_txt": feats(n, 4), f"{p}_img_lab": ids(n, 5).reshape(-1, 1)})
+    return arrays
+
+
 def test_nus_multi_hot_labels_from_hdf5(tmp_path: Path) -> None:
     rows = {"train": 20, "valid": 6, "test": 9}
     labels = {s: (RNG.random((n, 21)) < 0.2).astype(np.uint8) for s, n in rows.items()}
+    arrays = {**nus_arrays(), **{f"{s}_imgs_labels": y for s, y in labels.items()}}
     (tmp_path / "NUS-WIDE").mkdir()
-    with h5py.File(tmp_path / "NUS-WIDE" / "nus_wide_deep_doc2vec-corr-ae.h5py", "w") as f:
-        for s, n in rows.items():
-            f[f"{s}_imgs_deep"] = feats(n, 8)
-            f[f"{s}_texts"] = feats(n, 5)
-            f[f"{s}_imgs_labels"] = labels[s]
+    save_h5(tmp_path / "NUS-WIDE" / "nus_wide_deep_doc2vec-corr-ae.h5py", arrays)
     data = load_dataset("nus", data_root=tmp_path)
     assert data.modalities == ["image", "text"] and data.input_dims() == [8, 5]
     assert data.multilabel and data.num_classes == 21 and data.classes is None
@@ -200,11 +227,7 @@ def test_nus_multi_hot_labels_from_hdf5(tmp_path: Path) -> None:
 
 def test_inria_reads_class_ids(tmp_path: Path) -> None:
     rows = {"tr": 25, "val": 5, "te": 8}
-    arrays = {}
-    for p, n in rows.items():
-        arrays[f"{p}_img"] = feats(n, 6)
-        arrays[f"{p}_txt"] = feats(n, 4)
-        arrays[f"{p}_img_lab"] = ids(n, 5).reshape(-1, 1)
+    arrays = inria_arrays()
     scipy.io.savemat(tmp_path / "INRIA-Websearch.mat", arrays)
     data = load_dataset("INRIA-Websearch", data_root=tmp_path)
     assert data.name == "INRIA-Websearch" and data.modalities == ["image", "text"]
@@ -341,7 +364,7 @@ def test_generic_row_mismatch(tmp_path: Path) -> None:
         arrays = {k: npz[k] for k in npz.files}
     arrays["test_text_y"] = arrays["test_text_y"][:-1]
     np.savez(tmp_path / "g.npz", **arrays)
-    with pytest.raises(DataError, match="do not match"):
+    with pytest.raises(DataError, match="`test_text_x` \\(8 rows\\) and `test_text_y` \\(7 rows\\)"):
         load_generic(tmp_path / "g.npz")
 
 
@@ -391,3 +414,94 @@ def test_mfeat_standardised_with_training_statistics() -> None:
         expected = (x[raw["split_test"]] - train.mean(axis=0)) / std
         np.testing.assert_allclose(data.test.features[v], expected, rtol=1e-4, atol=1e-4)
         assert data.test.features[v].dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- errors name the file's keys
+# Each released format and the generic container, with one array changed so that its rows no longer
+# pair with its labels, or its width differs from the training split's: the message must name the
+# keys involved (their row counts or widths), the file and the modality.
+
+def generic_arrays() -> dict[str, np.ndarray]:
+    arrays = {"modalities": np.array(["text", "image"])}
+    for s, n in (("train", 30), ("valid", 6), ("test", 8)):
+        y = ids(n, 7)
+        arrays.update({f"{s}_text_x": feats(n, 6), f"{s}_text_y": y, f"{s}_image_x": feats(n, 4), f"{s}_image_y": y})
+    return arrays
+
+
+# format: (arrays, file name, writer, loader given the file's path)
+FORMATS = {
+    "wiki": (wiki_arrays, "wiki.mat", scipy.io.savemat, lambda p: load_dataset("wiki", data_root=p.parent)),
+    "xmedia": (xmedia_arrays, "XMediaFeatures.mat", scipy.io.savemat,
+               lambda p: load_dataset("xmedia", data_root=p.parent)),
+    "xmedianet": (xmedianet_cells, "XMediaNet5View_Doc2Vec.mat", save_cells,
+                  lambda p: load_dataset("xmedianet", data_root=p.parent)),
+    "nus": (nus_arrays, "nus_wide_deep_doc2vec-corr-ae.h5py", save_h5,
+            lambda p: load_dataset("nus", data_root=p.parent)),
+    "INRIA-Websearch": (inria_arrays, "INRIA-Websearch.mat", scipy.io.savemat,
+                        lambda p: load_dataset("INRIA-Websearch", data_root=p.parent)),
+    "generic": (generic_arrays, "coco.npz", lambda p, a: np.savez(p, **a), load_generic),
+}
+
+
+def changed(key: str, cell: int | None, how):
+    """A change of the array under `key` (of its cell `cell`, 0-based, for a cell array) by `how`."""
+    def change(arrays: dict) -> None:
+        if cell is None:
+            arrays[key] = how(arrays[key])
+        else:
+            arrays[key][cell] = how(arrays[key][cell])
+    return change
+
+
+def fewer_rows(key: str, cell: int | None = None):
+    return changed(key, cell, lambda a: a[:-3])
+
+
+def wider(key: str, cell: int | None = None):
+    return changed(key, cell, lambda a: np.hstack([a, np.ones((len(a), 2), np.float32)]))
+
+
+@pytest.mark.parametrize("fmt, change, modality, named", [
+    # rows: the features key and the labels key, with their row counts
+    ("wiki", fewer_rows("train_texts_doc"), "text", ["`train_texts_doc` (27 rows)", "`train_imgs_labels` (30 rows)"]),
+    ("wiki", fewer_rows("test_texts_doc"), "text", ["`test_texts_doc` (237 rows)", "`test_imgs_labels` (240 rows)"]),
+    ("xmedia", fewer_rows("T_tr_BOW"), "text", ["`T_tr_BOW` (37 rows)", "`trTxtCat` (40 rows)"]),
+    ("xmedia", fewer_rows("A_te"), "audio", ["`A_te` (102 rows)", "`teAudCat` (105 rows)"]),
+    ("xmedianet", fewer_rows("train", 1), "text", ["`train{2}` (9 rows)", "`train_labels{2}` (12 rows)"]),
+    ("xmedianet", fewer_rows("valid", 4), "video", ["`valid{5}` (2 rows)", "`valid_labels{5}` (5 rows)"]),
+    ("nus", fewer_rows("train_texts"), "text", ["`train_texts` (17 rows)", "`train_imgs_labels` (20 rows)"]),
+    ("INRIA-Websearch", fewer_rows("te_txt"), "text", ["`te_txt` (5 rows)", "`te_img_lab` (8 rows)"]),
+    ("generic", fewer_rows("valid_image_x"), "image", ["`valid_image_x` (3 rows)", "`valid_image_y` (6 rows)"]),
+    # widths: the training split's key and the one that differs, with their widths
+    ("wiki", wider("test_imgs_deep"), "image", ["`train_imgs_deep` 8 wide", "`test_imgs_deep` 10 wide"]),
+    ("xmedia", wider("I_te_CNN"), "image", ["`I_tr_CNN` 3 wide", "`I_te_CNN` 5 wide"]),
+    ("xmedianet", wider("test", 0), "image", ["`train{1}` 3 wide", "`test{1}` 5 wide"]),
+    ("nus", wider("valid_texts"), "text", ["`train_texts` 5 wide", "`valid_texts` 7 wide"]),
+    ("INRIA-Websearch", wider("te_img"), "image", ["`tr_img` 6 wide", "`te_img` 8 wide"]),
+    ("generic", wider("test_text_x"), "text", ["`train_text_x` 6 wide", "`test_text_x` 8 wide"]),
+])
+def test_mismatch_names_the_keys_the_file_and_the_modality(tmp_path: Path, fmt: str, change, modality: str,
+                                                          named: list[str]) -> None:
+    make, filename, write, load = FORMATS[fmt]
+    arrays = make()
+    change(arrays)
+    path = tmp_path / filename
+    write(path, arrays)
+    with pytest.raises(DataError) as err:
+        load(path)
+    message = str(err.value)
+    for text in named:
+        assert text in message
+    assert str(path) in message and f"modality {modality!r}" in message
+
+
+def test_in_memory_mismatch_messages_name_splits_and_counts() -> None:
+    data = generic_data(multilabel=False)
+    short = Split([data.train.features[0][:-1], data.train.features[1]], data.train.labels)
+    with pytest.raises(DataError, match="split 'train', modality 'text': 29 feature rows but 30 label rows"):
+        MultiModalData("coco", data.modalities, short, data.valid, data.test)
+    narrow = Split([data.test.features[0][:, :5], data.test.features[1]], data.test.labels)
+    with pytest.raises(DataError, match=r"modality 'text': feature width differs between splits "
+                                        r"\(train 6, valid 6, test 5\)"):
+        MultiModalData("coco", data.modalities, data.train, data.valid, narrow)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 
 import numpy as np
@@ -10,7 +11,9 @@ import scipy.io as sio
 import torch
 
 from drcl_fast.cli import main
+from drcl_fast.errors import DataError
 from drcl_fast.retrieval import cpp, evaluate_directions
+from drcl_fast.retrieval.eval_cli import load_embeddings
 
 RESULT_LINE = r"^test resutls@{k}: - mean: \d\.\d{{5}} - detail:(\d\.\d{{5}},){{{n}}}$"
 
@@ -116,3 +119,70 @@ def test_errors_are_reported_without_traceback(tmp_path, capsys):
     np.savez(tmp_path / "wide.npz", embeddings=np.ones((4, 3)), labels=np.zeros(4))
     assert "direction 0->1: query embeddings have width 8 but gallery embeddings have width 3" in fails_with(
         ["eval", "--files", str(tmp_path / "toy_0.mat"), str(tmp_path / "wide.npz"), "--quiet"], capsys)
+
+
+class Opaque:
+    """A class of the test's own: weights-only loading refuses to rebuild it."""
+
+
+def pickled(path, value):
+    with open(path, "wb") as fh:
+        pickle.dump(value, fh)
+
+
+def truncated(path, write):
+    write(path)
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+GOOD = {"embeddings": np.ones((3, 2), np.float32), "labels": np.zeros(3)}
+# name -> (writer, what the message says about the file)
+MALFORMED = {
+    "a.pt": (lambda p: torch.save([torch.ones(2)], p), "holds a list, not a dict of tensors"),
+    "b.pt": (lambda p: torch.save({"embeddings": Opaque(), "labels": torch.zeros(3)}, p),
+             "cannot be read as a .pt file of tensors (Unsupported global"),
+    "c.pt": (lambda p: pickled(p, Opaque()), "cannot be read as a .pt file of tensors"),
+    "d.pt": (lambda p: torch.save({"embeddings": "abc", "labels": [1, 2]}, p), "'embeddings' is not numeric"),
+    "e.pt": (lambda p: torch.save({"embeddings": [[1.0], [2.0, 3.0]], "labels": [1, 2]}, p),
+             "'embeddings' is not an array"),
+    "f.pt": (lambda p: torch.save({"embeddings": torch.tensor(1.0), "labels": torch.ones(1, 3)}, p),
+             "'embeddings' has shape (); expected (n, d)"),
+    "g.pt": (lambda p: torch.save({1: torch.ones(2)}, p), "has keys ['1']; expected test_fea"),
+    "h.pt": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(500)), "cannot be read as a .pt file"),
+    "i.pt": (lambda p: truncated(p, lambda q: torch.save({k: torch.from_numpy(v) for k, v in GOOD.items()}, q)),
+             "cannot be read as a .pt file"),
+    "j.pt": (lambda p: p.write_bytes(b""), "cannot be read as a .pt file of tensors (EOFError)"),
+    "a.npz": (lambda p: truncated(p, lambda q: np.savez(q, **GOOD)), "File is not a zip file"),
+    "b.npz": (lambda p: np.savez(p, embeddings=np.array([Opaque()]), labels=np.zeros(1)),
+              "Object arrays cannot be loaded when allow_pickle=False"),
+    "c.npz": (lambda p: np.savez(p, embeddings=np.array([["x", "y"]]), labels=np.zeros(1)),
+              "'embeddings' is not numeric (dtype <U1)"),
+    "d.npz": (lambda p: pickled(p, {"embeddings": 1}), "contains pickled (object) data"),
+    "a.mat": (lambda p: p.write_bytes(np.random.default_rng(1).bytes(500)), "cannot read"),
+    "b.mat": (lambda p: truncated(p, lambda q: sio.savemat(q, GOOD)), "truncated?"),
+    "c.mat": (lambda p: sio.savemat(p, {"embeddings": np.array([["a", "bb"]], dtype=object), "labels": [0]}),
+              "'embeddings' is not numeric (dtype object)"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch.load of a plain pickle.dump file
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_files_end_in_data_error(tmp_path, capsys, name):
+    write, reason = MALFORMED[name]
+    bad, good = tmp_path / name, tmp_path / "good.npz"
+    write(bad)
+    np.savez(good, **GOOD)
+    advice = {".pt": "torch.save(", ".npz": "numpy.savez(", ".mat": "scipy.io.savemat("}[bad.suffix]
+    with pytest.raises(DataError) as error:
+        load_embeddings(bad)
+    message = str(error.value)
+    assert str(bad) in message and reason in message and f"write the file again with {advice}" in message
+    assert message in fails_with(["eval", "--files", str(good), str(bad), "--quiet"], capsys)
+
+
+def test_bfloat16_pt_file_is_read_exactly(tmp_path):
+    x = torch.randn(5, 3).to(torch.bfloat16)
+    torch.save({"embeddings": x, "labels": torch.arange(5)}, tmp_path / "x.pt")
+    features, labels = load_embeddings(tmp_path / "x.pt")
+    assert features.dtype == np.float32 and torch.equal(torch.from_numpy(features), x.float())
+    assert labels.tolist() == list(range(5))

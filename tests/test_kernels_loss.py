@@ -22,6 +22,8 @@ NAMES = ["J_L", "J_D", "J_MSE", "dJ/dF~", "dJ/dlogits"]
 SHAPES = [(1, 16, 2), (7, 100, 3), (64, 256, 10), (130, 16, 80), (130, 100, 200), (7, 256, 80),
           (64, 16, 200), (130, 256, 3), (64, 100, 2), (7, 16, 300)]
 WEIGHTS = torch.tensor([1.0, 0.1, 0.1], dtype=torch.float64)   # eta, alpha, beta
+# The Triton interpreter computes log 0 and 0 * inf in numpy, which warns; those values are the point.
+INTERPRETER_NONFINITE = "ignore:(divide by zero|invalid value) encountered:RuntimeWarning"
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +45,11 @@ def loss_fn(engine: str):
     return restructured.drcl_loss_terms
 
 
-def batch(b: int, d: int, c: int, seed: int, labels: str = "one-hot", prior: str = "gaussian") -> list[torch.Tensor]:
+def batch(b: int, d: int, c: int, seed: int, labels: str = "one-hot", prior: str = "gaussian",
+          empty_pairs: int = 0) -> list[torch.Tensor]:
     """A mixed batch in float64: f~, y~, f~ W and L = W+ for a random prior W (Gaussian, or
-    orthonormal columns as SPL starts from; needs D >= C)."""
+    orthonormal columns as SPL starts from; needs D >= C). The first `empty_pairs` rows and
+    their Mixup partners have no class: those rows' y~ is 0."""
     g = generator(seed)
     f = torch.nn.functional.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
     perm = torch.randperm(b, generator=g)
@@ -54,6 +58,8 @@ def batch(b: int, d: int, c: int, seed: int, labels: str = "one-hot", prior: str
     else:
         y = (torch.rand(b, c, generator=g, dtype=torch.float64) < 0.3).double()
         y[torch.arange(b), torch.randint(0, c, (b,), generator=g)] = 1.0   # at least one label each
+    rows = torch.arange(empty_pairs)
+    y[torch.cat([rows, perm[rows]])] = 0.0
     f, y = reference.feature_mixup(f, y, 0.9, perm)
     w = torch.randn(d, c, generator=g, dtype=torch.float64) / d ** 0.5
     if prior == "orthonormal":
@@ -187,6 +193,42 @@ def test_the_cosine_clamp_where_it_binds(engine, case):
     assert_float64_equal(outputs(loss_fn(engine), *x64, 0.5), ref, NAMES)
 
 
+def empty_target_batch(case: str, labels: str) -> list[torch.Tensor]:
+    """Multi-label rows can have no class: y~_i = 0 in one row, in several, or through Mixup (a row and its
+    partner both empty; their other partners' y~ is then a tenth or nine tenths of a row)."""
+    x = batch(33, 20, 40, seed=12, labels=labels, empty_pairs=2 if case == "a row and its partner" else 0)
+    x[1] = x[1].clone()
+    x[1][{"one row": [5], "several rows": [0, 5, 32], "a row and its partner": []}[case]] = 0.0
+    return x
+
+
+def assert_equal_with_nonfinite(got: list[torch.Tensor], want: list[torch.Tensor], names: list[str]) -> None:
+    """float64 agreement to 1e-10, inf and NaN where the reference has them."""
+    for name, g, w in zip(names, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-14, equal_nan=True, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.filterwarnings(INTERPRETER_NONFINITE)
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", ["one row", "several rows", "a row and its partner"])
+@pytest.mark.parametrize("labels", ["one-hot", "multi-hot"])
+def test_target_rows_with_no_class_match_the_reference(engine, case, labels, monkeypatch):
+    """r_i = 0: cos2 with it is 0 through the clamp, J_MSE finite. J_L is -log 0 = inf at q = 0, and its
+    logits gradient on those rows 0 * inf = NaN for q < 1 (s = 0 whatever the logits), as in the reference."""
+    from drcl_fast.ops import restructured
+    x64 = empty_target_batch(case, labels)
+    assert (x64[1].abs().sum(dim=1) == 0).any()
+    # A zero unit row is exact: the restructured loss keeps its fast path (no B x B pairs).
+    monkeypatch.setattr(restructured, "pairwise_terms", lambda *args: pytest.fail("pairwise_terms ran"))
+    for q in (0.0, 0.5, 1.0):
+        ref64 = outputs(reference.drcl_loss_terms, *x64, q)
+        assert_equal_with_nonfinite(outputs(loss_fn(engine), *x64, q), ref64, NAMES)
+        assert torch.isfinite(torch.stack(ref64[1:3])).all() and torch.isfinite(ref64[3]).all()
+    x32 = [t.float() for t in x64]
+    assert_within_rule(outputs(loss_fn(engine), *x32, 1.0), outputs(reference.drcl_loss_terms, *x32, 1.0),
+                       ref64, NAMES)
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_gradcheck_float64(engine):
     f, y, logits, pinv = batch(5, 16, 3, seed=2, labels="multi-hot")
@@ -242,7 +284,7 @@ def test_deterministic_mode_leaves_the_triton_kernels(monkeypatch):
     calls = []
     forward = restructured.ENGINE.forward
     monkeypatch.setattr(restructured.ENGINE, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
-    monkeypatch.setitem(backends.AUTO_PREFERENCE, torch.device(DEVICE).type, ("triton", "torch"))
+    monkeypatch.setitem(backends.AUTO_PREFERENCE, torch.device(DEVICE).type, ("triton", "restructured", "torch"))
     f, y, logits, pinv = batch(300, 64, 3, seed=4)   # a size where the restructured loss pays off
     torch.use_deterministic_algorithms(True)
     try:
@@ -283,12 +325,48 @@ def test_triton_gce_within_the_rule(q, labels, b, c):
     assert_float64_equal(run(GCE.apply, logits, y), ref64, ["GCE", "dGCE/dlogits"])
 
 
+@pytest.mark.filterwarnings(INTERPRETER_NONFINITE)
+@needs_triton
+@pytest.mark.parametrize("q", [0.0, 0.5, 1.0, 1.5])
+def test_triton_gce_of_a_target_row_with_no_class(q):
+    """s = 0 on that row: GCE inf at q = 0, 1/q else; its gradient NaN for q < 1 and 0 from q = 1, as the reference's."""
+    from drcl_fast.kernels.gce import GCE
+    _, y, logits, _ = batch(9, 16, 5, seed=2, labels="multi-hot")
+    y = y.clone()
+    y[4] = 0.0
+
+    def run(fn):
+        lg = logits.clone().requires_grad_()
+        loss = fn(lg, y, q)
+        return [loss.detach(), torch.autograd.grad(loss, lg)[0]]
+
+    assert_equal_with_nonfinite(run(GCE.apply), run(reference.gce_loss), ["GCE", "dGCE/dlogits"])
+
+
 @needs_triton
 def test_triton_gce_gradcheck_float64():
     from drcl_fast.kernels.gce import GCE
     _, y, logits, _ = batch(6, 16, 5, seed=9)
     for q in (0.0, 0.7):
         assert torch.autograd.gradcheck(lambda lg: GCE.apply(lg, y, q), (logits.clone().requires_grad_(),))
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
+def test_compiled_loss_where_the_clamp_binds_matches_the_reference(monkeypatch, tmp_path):
+    """Under torch.compile the loss is a custom op, which runs below autograd: the batches where a pair's
+    clamp binds (and those with a target row of no class) must be handled there without it."""
+    from drcl_fast.ops import custom_ops
+    if not custom_ops.AVAILABLE:
+        pytest.skip("torch.library.custom_op needs torch >= 2.4")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda f, y, logits, pinv, q: torch.stack(
+        ops.drcl_loss_terms(f, y, logits, pinv, q, backend="restructured")), fullgraph=True)
+    no_class = batch(9, 16, 4, seed=11)
+    no_class[1] = no_class[1].clone()
+    no_class[1][3] = 0.0
+    for x64 in (clamp_binding_batch("features and recast rows"), clamp_binding_batch("one recast row"), no_class):
+        assert_equal_with_nonfinite(outputs(compiled, *x64, 0.5), outputs(reference.drcl_loss_terms, *x64, 0.5), NAMES)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

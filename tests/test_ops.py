@@ -138,10 +138,23 @@ def test_q_ramp():
     assert [ops.gce_q(e) for e in (0, 1, 50, 100, 250)] == [0.0, 0.01, 0.5, 1.0, 1.0]
 
 
-def test_unknown_or_unavailable_backend_is_a_clear_error():
+def test_unknown_or_unavailable_backend_is_a_clear_error(monkeypatch):
     logits, targets = torch.zeros(2, 3), torch.eye(3)[:2]
-    with pytest.raises(BackendError, match="not available"):
-        ops.gce_loss(logits, targets, 0.5, backend="cpp")
+    monkeypatch.setitem(ops._GCE, "triton", None)          # as in a process without Triton
+    with pytest.raises(BackendError, match="'triton' is not available"):
+        ops.gce_loss(logits, targets, 0.5, backend="triton")
     with pytest.raises(BackendError, match="unknown backend"):
         ops.gce_loss(logits, targets, 0.5, backend="fast")
     assert ops.gce_loss(logits, targets, 0.5, backend="torch") == ops.gce_loss(logits, targets, 0.5)
+
+
+def test_a_backend_an_op_lacks_means_auto_for_that_op():
+    """"cpp" names no training op and "restructured" only the loss: the others take auto's choice."""
+    f = torch.nn.functional.normalize(torch.randn(64, 600, dtype=torch.float64), dim=1)
+    targets = torch.eye(4, dtype=torch.float64)[torch.arange(64) % 4]
+    w = torch.linalg.qr(torch.randn(600, 4, dtype=torch.float64))[0]
+    auto = ops._pick("drcl_loss", "auto", f.device, targets)
+    assert ops._pick("drcl_loss", "cpp", f.device, targets) is auto
+    assert ops._pick("linear_relu", "restructured", f.device) is ops._pick("linear_relu", "auto", f.device)
+    want = ops.drcl_loss_terms(f, targets, f @ w, w.T, 0.5, backend="auto")
+    torch.testing.assert_close(ops.drcl_loss_terms(f, targets, f @ w, w.T, 0.5, backend="cpp"), want, rtol=0, atol=0)

@@ -255,7 +255,8 @@ def test_without_the_extension_auto_falls_back_and_says_so_once(monkeypatch):
         evaluate_map(q, yq, g, yg, backend="cpp")
 
 
-def test_triton_backend_refuses_cpu_tensors():
+def test_triton_backend_refuses_cpu_tensors(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the interpreter would run Triton on CPU tensors
     reason = "needs CUDA tensors" if triton_backend.AVAILABLE else "backend 'triton' is not available here"
     with pytest.raises(BackendError, match=reason):
         evaluate_map(np.eye(2), [0, 1], np.eye(2), [0, 1], backend="triton")
@@ -346,3 +347,226 @@ def test_cutoffs_are_checked():
     for bad in [[0, 2], [2, 2], [3, 1], [6], [], [1.5]]:
         with pytest.raises(ConfigError, match="cutoffs"):
             precision_recall(q, yq, g, yg, cutoffs=bad, backend="torch")
+
+
+def chunk_spy(monkeypatch) -> list[tuple[int, int, int]]:
+    """Records (rows, gallery size, bytes per pair its backend budgets) of every query chunk
+    whose relevance is counted or whose scores are ranked, on every CPU path of a PR curve."""
+    seen = []
+    relevance = reference.relevance
+
+    def spy_relevance(query_labels, gallery_labels):
+        seen.append((len(query_labels), len(gallery_labels), reference._BYTES_PER_PAIR))
+        return relevance(query_labels, gallery_labels)
+    monkeypatch.setattr(reference, "relevance", spy_relevance)
+    if cpp.AVAILABLE:
+        extension = cpp._map_cpp
+
+        class SpyExtension:
+            def hits_at(self, scores, *args):
+                seen.append((*scores.shape, cpp._BYTES_PER_SCORE_PAIR[torch.float32]))
+                return extension.hits_at(scores, *args)
+        monkeypatch.setattr(cpp, "_map_cpp", SpyExtension())
+    return seen
+
+
+def assert_within(seen, max_memory):
+    assert seen
+    for rows, gallery_size, bytes_per_pair in seen:
+        assert rows == 1 or rows * gallery_size * bytes_per_pair <= max_memory, (rows, gallery_size, max_memory)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_precision_recall_honours_max_memory(backend, multilabel, monkeypatch):
+    q, yq, g, yg = case(20, 23, 91, 4, multilabel)
+    whole = precision_recall(q, yq, g, yg, backend=backend)
+    seen = chunk_spy(monkeypatch)
+    # 1: one query per chunk; then a few queries per chunk, with a partial last chunk.
+    for max_memory in [1, 64 * 91 * 5, 64 * 91 * 22]:
+        seen.clear()
+        curve = precision_recall(q, yq, g, yg, backend=backend, max_memory=max_memory)
+        for field in ("cutoffs", "precision", "recall"):
+            np.testing.assert_array_equal(getattr(curve, field), getattr(whole, field))
+        assert curve.queries == whole.queries
+        assert_within(seen, max_memory)
+        assert max_memory > 1 or {rows for rows, _, _ in seen} == {1}
+
+
+@needs_cpp
+def test_precision_recall_default_bounds_memory_at_any_gallery_size(monkeypatch):
+    # 3,000 queries of a 2,000-item gallery: one chunk of all queries would need 3000 * 2000 * 64
+    # bytes, more than the default budget, so the relevance counts as well as the ranking are chunked.
+    rng = np.random.default_rng(21)
+    q, g = rng.normal(size=(3000, 8)).astype(np.float32), rng.normal(size=(2000, 8)).astype(np.float32)
+    yq, yg = rng.integers(0, 5, 3000), rng.integers(0, 5, 2000)
+    seen = chunk_spy(monkeypatch)
+    precision_recall(q, yq, g, yg, cutoffs=[1, 10, 2000], backend="cpp")
+    assert_within(seen, reference.DEFAULT_MAX_MEMORY)
+    assert sum(rows for rows, _, bytes_per_pair in seen if bytes_per_pair == reference._BYTES_PER_PAIR) == 3000
+
+
+@needs_triton
+def test_triton_hits_at_honours_max_memory(monkeypatch):
+    from drcl_fast.kernels import map_ranked
+    q, yq, g, yg = case(22, 5, 131, 3, True)
+    cutoffs = [1, 64, 130, 131]  # beyond the fused top-k's largest k: the sort path, chunked by max_memory
+    expected = reference.hits_at(q, yq, g, yg, cutoffs)
+    seen = []
+    walk = map_ranked.hits_at
+    monkeypatch.setattr(map_ranked, "hits_at", lambda order, *args: seen.append(order.shape[0]) or walk(order, *args))
+    for max_memory, rows in [(1, [1] * 5), (32 * 131 * 2, [2, 2, 1]), (None, [5])]:
+        seen.clear()
+        budget = {} if max_memory is None else {"max_memory": max_memory}
+        assert torch.equal(triton_backend.hits_at(*on(DEVICE, q, yq, g, yg), cutoffs, **budget).cpu(), expected)
+        assert seen == rows
+
+
+# ---------------------------------------------------------------- real-valued scores, near-ties
+
+DIM = 37  # not a multiple of the fused kernel's 32-wide blocks of dimensions
+SCALE = 2**12
+
+
+def four_squares(r: int) -> list[int]:
+    """Four non-negative integers whose squares sum to r (Lagrange: they exist), by descending search."""
+    for a in range(math.isqrt(r), -1, -1):
+        for b in range(math.isqrt(r - a * a), -1, -1):
+            rest = r - a * a - b * b
+            for c in range(math.isqrt(rest), -1, -1):
+                d = math.isqrt(rest - c * c)
+                if c * c + d * d == rest:
+                    return [a, b, c, d]
+    raise AssertionError(r)
+
+
+def exact_unit_row(rng: np.random.Generator, fixed: dict[int, int], near: np.ndarray | None = None) -> np.ndarray:
+    """Integers m with sum m^2 = 2^24 exactly, so m / 2^12 is a float32 unit row that F.normalize leaves
+    as it is, and the product of two such rows (integer / 2^24, every partial sum below 1 in magnitude)
+    is exact in float32 in any summation order: every backend's own dot products give the same bits.
+    `fixed`: {position: m}; `near`: a row to stay close to (cosine about 0.9)."""
+    free = [i for i in range(DIM) if i not in fixed]
+    spread, completion = free[:-4], free[-4:]
+    noise = rng.normal(size=len(spread))
+    direction = noise if near is None else near[spread] / SCALE + 0.1 * noise
+    budget = 2**24 - sum(v * v for v in fixed.values())
+    m = np.zeros(DIM, np.int64)
+    m[list(fixed)] = list(fixed.values())
+    m[spread] = np.round(direction / np.linalg.norm(direction) * math.sqrt(0.75 * budget))
+    m[completion] = np.array(four_squares(2**24 - int((m * m).sum()))) * rng.choice([-1, 1], 4)
+    return m
+
+
+def near_tie_case(seed: int, num_queries: int, background: int, multilabel: bool):
+    """Per query i, three gallery rows scored 1 float32 ulp apart or tied, exactly:
+    b_i (lower index, not relevant), a_i = b_i with two entries swapped (relevant, one ulp
+    above b_i) and a duplicate of a_i (higher index, not relevant); plus `background`
+    random real-valued rows. In TF32 (10-bit mantissa) the two swapped entries of a_i and
+    b_i, 2049/2^12 and 2048/2^12, both read 2048/2^12, so b_i ties with a_i and goes
+    first by its index: a TF32 product ranks every query's crafted rows differently."""
+    rng = np.random.default_rng(seed)
+    classes = 6
+    queries, crafted = [], []
+    for i in range(num_queries):
+        p = 1 + (2 * i) % (DIM - 6)
+        q = exact_unit_row(rng, {p: 2049, p + 1: 2048})
+        b = exact_unit_row(rng, {p: 2048, p + 1: 2049}, near=q)
+        a = b.copy()
+        a[[p, p + 1]] = a[[p + 1, p]]  # same norm; q.a - q.b = (b[p+1] - b[p]) (q[p] - q[p+1]) = 1 / 2^24
+        queries.append(q)
+        crafted += [b, a, a]
+    rows = np.concatenate([np.stack(crafted) / SCALE, rng.normal(size=(background, DIM))]).astype(np.float32)
+    # Gallery index of each row: the crafted ones in sorted slots (so b_i < a_i < its duplicate), the
+    # random ones in between.
+    slots = np.sort(rng.choice(len(rows), size=3 * num_queries, replace=False))
+    position = np.concatenate([slots, np.setdiff1d(np.arange(len(rows)), slots)])
+    gallery = np.empty_like(rows)
+    gallery[position] = rows
+    query = (np.stack(queries) / SCALE).astype(np.float32)
+    if multilabel:
+        yq = np.zeros((num_queries, classes), np.float32)
+        yq[np.arange(num_queries), rng.integers(0, classes // 2, num_queries)] = 1.0
+        yq[rng.random(num_queries) < 0.5, classes // 2 - 1] = 1.0
+        yg_rows = (rng.random((len(rows), classes)) < 0.3).astype(np.float32)
+        for i in range(num_queries):
+            shared = np.flatnonzero(yq[i])
+            yg_rows[3 * i:3 * i + 3] = 0.0
+            yg_rows[3 * i:3 * i + 3, classes - 1 - i % 2] = 1.0  # b_i and the duplicate: nothing shared
+            yg_rows[3 * i + 1, shared[0]] = 1.0  # a_i: relevant
+    else:
+        yq = rng.integers(0, classes, num_queries)
+        yg_rows = rng.integers(0, classes, len(rows))
+        yg_rows[:3 * num_queries] = np.repeat((yq + 1) % classes, 3)
+        yg_rows[1:3 * num_queries:3] = yq
+    yg = np.empty_like(yg_rows)
+    yg[position] = yg_rows
+    return query, yq, gallery, yg, position[:3 * num_queries].reshape(num_queries, 3)
+
+
+def tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 values as a TF32 tl.dot reads them: rounded to a 10-bit mantissa, ties to even."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + ((bits >> 13) & 1) + 0xFFF) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_near_tie_data_is_what_it_claims(multilabel):
+    q, yq, g, yg, crafted = near_tie_case(30, 17, 100, multilabel)
+    qn, gn = reference.unit_rows(torch.from_numpy(q), torch.from_numpy(g))
+    exact_rows = crafted.ravel()
+    assert torch.equal(qn, torch.from_numpy(q)) and torch.equal(gn[exact_rows], torch.from_numpy(g[exact_rows]))
+    bits = (qn @ gn.T).view(torch.int32)
+    rows = torch.arange(len(q))
+    b, a, duplicate = (bits[rows, crafted[:, j]] for j in range(3))
+    assert torch.equal(a - b, torch.ones_like(a)) and torch.equal(a, duplicate)  # one ulp apart; tied
+    # The same products with TF32 inputs (exact in float64) rank the crafted rows of every query differently.
+    relevant = reference.relevance(*reference.check_inputs(q, yq, g, yg)[1::2])
+    for k in [None, 1, 16]:
+        exact = reference.average_precisions(q, yq, g, yg, k=k)
+        rounded = reference.average_precisions_from_scores(tf32(qn).double() @ tf32(gn).double().T, relevant, k,
+                                                           skip_empty=multilabel)
+        assert not torch.isclose(exact, rounded, rtol=0, atol=1e-6, equal_nan=True).any(), k  # NaN: left out
+
+
+@needs_cpp
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_cpp_ranks_near_ties_like_the_reference(multilabel):
+    q, yq, g, yg, _ = near_tie_case(31, 17, 100, multilabel)
+    # 1 and 16: the bucket selection (k <= N/8); the others the radix sort.
+    for k in [None, 1, 16, 128, 151, 500]:
+        assert_same_ap(cpp.average_precisions(q, yq, g, yg, k=k), reference.average_precisions(q, yq, g, yg, k=k))
+
+
+@needs_triton
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_triton_ranks_near_ties_like_the_reference(multilabel):
+    # Products of these rows are exact in any precision of float32 arithmetic, so the fused kernel's
+    # own dot products give torch.mm's scores, bit for bit: its result must be the reference's.
+    q, yq, g, yg, _ = near_tie_case(32, 17, 100, multilabel)
+    args = on(DEVICE, q, yq, g, yg)
+    for k in [1, 16, 128, None]:  # the fused top-k (several gallery slices, merged), then the sort path
+        assert_same_ap(triton_backend.average_precisions(*args, k=k), reference.average_precisions(q, yq, g, yg, k=k))
+
+
+def gaussian_case(seed: int, num_queries: int, gallery_size: int, multilabel: bool):
+    """Random real-valued float32 rows at D = 37, a third of the gallery exact duplicates of other rows."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(num_queries, DIM)).astype(np.float32)
+    g = rng.normal(size=(gallery_size, DIM)).astype(np.float32)
+    copies = rng.choice(gallery_size, size=gallery_size // 3, replace=False)
+    g[copies] = g[rng.choice(np.setdiff1d(np.arange(gallery_size), copies), size=len(copies))]
+    return q, random_labels(rng, num_queries, 5, multilabel), g, random_labels(rng, gallery_size, 5, multilabel)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_backends_rank_random_float32_scores_like_the_reference(multilabel):
+    # cpp and the Triton sort path rank torch.mm's scores of the same chunk shapes as the reference:
+    # the same float32 values, near-ties and duplicates included, so exactly the same APs.
+    q, yq, g, yg = gaussian_case(33, 21, 151, multilabel)
+    if cpp.AVAILABLE:
+        for k in [None, 1, 7, 50, 129, 151]:
+            assert_same_ap(cpp.average_precisions(q, yq, g, yg, k=k), reference.average_precisions(q, yq, g, yg, k=k))
+    if triton_backend.AVAILABLE:
+        for k in [None, 129]:  # beyond the fused kernel's largest k
+            assert_same_ap(triton_backend.average_precisions(*on(DEVICE, q, yq, g, yg), k=k),
+                           reference.average_precisions(q, yq, g, yg, k=k))

@@ -6,7 +6,8 @@ import pytest
 import scipy.io as sio
 import torch
 
-from drcl_fast import DRCL
+from drcl_fast import DRCL, rsc
+from drcl_fast.ops import reference
 from drcl_fast.outputs import OutputExistsError
 from drcl_fast.spl import initial_prior
 from drcl_fast.trainer import fit
@@ -68,7 +69,25 @@ def test_without_mrr_and_without_fa_still_train(mfeat, tiny_config, tmp_path):
     for run in (no_mrr, no_fa):
         assert run.metrics[0].mean > 0.3
         assert run.metrics[0].directions != full.metrics[0].directions
-    assert all(h["J"] == pytest.approx(h["J_L"]) for r in no_mrr.rsc.values() for h in r.history)
+
+
+def test_without_mrr_the_encoder_learns_from_gce_alone(mfeat, tiny_config, tmp_path, monkeypatch):
+    """alpha = beta = 0: J_D and J_MSE are still computed and logged, non-zero, but none of their
+    gradient reaches the encoder: the run matches one whose loss is the reference GCE alone."""
+    config = tiny_config.replace(prior="w0", view_id=2)
+    full = fit(mfeat, config.replace(out=str(tmp_path / "x")), progress=False).rsc[2]
+    no_mrr = fit(mfeat, config.replace(alpha=0.0, beta=0.0, out=str(tmp_path / "m")), progress=False).rsc[2]
+
+    def gce_alone(encoder, x, targets, permutation, prior, pinv, q, s):
+        _, logits = encoder.mixed_forward(x, permutation, s.gamma, prior, "torch")
+        j_l = reference.gce_loss(logits, reference.mix_rows(targets, s.gamma, permutation), q)
+        return s.eta * j_l, (j_l, torch.zeros_like(j_l), torch.zeros_like(j_l))
+
+    monkeypatch.setattr(rsc, "batch_loss", gce_alone)
+    alone = fit(mfeat, config.replace(alpha=0.0, beta=0.0, out=str(tmp_path / "g")), progress=False).rsc[2]
+    assert all(h["J_D"] > 1e-3 and h["J_MSE"] > 1e-3 for h in no_mrr.history)
+    gap = np.abs(no_mrr.test_embeddings - alone.test_embeddings).max()
+    assert gap <= 1e-5 < np.abs(no_mrr.test_embeddings - full.test_embeddings).max() / 1000, gap
 
 
 def test_given_prior_file_and_a_single_view(mfeat, tiny_config, tmp_path):
@@ -116,7 +135,11 @@ def test_modern_api_encodes_with_the_selected_encoder(mfeat, tiny_config):
     assert model.metrics[0].mean > 0.3
 
 
-def test_unavailable_backend_is_refused_before_training(mfeat, tiny_config):
+def test_an_evaluator_backend_missing_here_is_refused_before_training(mfeat, tiny_config, monkeypatch):
+    """--backend cpp names the evaluator only: without the extension the run stops before it trains."""
     from drcl_fast.backends import BackendError
-    with pytest.raises(BackendError, match="triton"):
-        fit(mfeat, tiny_config.replace(backend="triton"), progress=False)
+    from drcl_fast.retrieval import cpp
+    monkeypatch.setattr(cpp, "AVAILABLE", False)
+    monkeypatch.setattr("drcl_fast.trainer._fit", lambda *args: pytest.fail("training started"))
+    with pytest.raises(BackendError, match="evaluate_map: backend 'cpp' is not available"):
+        fit(mfeat, tiny_config.replace(backend="cpp"), progress=False)

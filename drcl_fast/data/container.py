@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drcl_fast.data import validate
+from drcl_fast.data.source import Sources
 from drcl_fast.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -16,11 +17,20 @@ class Split:
     """Features and labels of one split, one entry per modality.
 
     Labels are kept as the file gives them: an int64 vector of class ids
-    (single-label) or an (n, C) 0/1 matrix (multi-label).
+    (single-label) or an (n, C) 0/1 matrix (multi-label). `sources` says where a
+    reader found each modality's arrays; None for arrays built in memory.
     """
 
     features: list[np.ndarray]
     labels: list[np.ndarray]
+    sources: list[Sources] | None = None
+
+    def source(self, k: int) -> Sources | None:
+        return None if self.sources is None else self.sources[k]
+
+    def select(self, modality_ids: list[int]) -> "Split":
+        pick = lambda arrays: None if arrays is None else [arrays[i] for i in modality_ids]
+        return Split(pick(self.features), pick(self.labels), pick(self.sources))
 
 
 @dataclass
@@ -35,27 +45,34 @@ class MultiModalData:
     classes: np.ndarray | None = field(default=None)  # sorted class ids; None when multi-label
 
     def __post_init__(self) -> None:
-        k = len(self.modalities)
         for split_name in SPLITS:
-            split = getattr(self, split_name)
-            if len(split.features) != k or len(split.labels) != k:
-                raise DataError(
-                    f"dataset {self.name!r}: split {split_name!r} has {len(split.features)} feature "
-                    f"and {len(split.labels)} label arrays for {k} modalities {self.modalities}")
-            where = [f"dataset {self.name!r}, split {split_name!r}, modality {m!r}" for m in self.modalities]
-            split.features = [validate.features_array(x, w) for x, w in zip(split.features, where)]
-            split.labels = [validate.labels_array(y, w) for y, w in zip(split.labels, where)]
-            for x, y, w in zip(split.features, split.labels, where):
-                validate.check_rows(x, y, w)
-        for m, widths in zip(self.modalities, zip(*(self.split(s).features for s in SPLITS))):
-            if len({x.shape[1] for x in widths}) > 1:
-                raise DataError(f"dataset {self.name!r}, modality {m!r}: feature width differs between splits "
-                                f"({', '.join(f'{s} {x.shape[1]}' for s, x in zip(SPLITS, widths))}); "
-                                f"every split must use the same features")
+            self._check_split(split_name)
+        for k, m in enumerate(self.modalities):
+            sources = {s: self.split(s).source(k) for s in SPLITS}
+            validate.check_widths(f"dataset {self.name!r}, modality {m!r}",
+                                  {s: self.split(s).features[k] for s in SPLITS},
+                                  {s: None if src is None else src.features for s, src in sources.items()})
         classes = validate.check_label_space(self.name, self.modalities,
                                              {s: self.split(s).labels for s in SPLITS})
         if self.classes is None:
             self.classes = classes
+
+    def _check_split(self, split_name: str) -> None:
+        """Normalise one split's arrays in place; refuse them if they cannot train."""
+        split, k = self.split(split_name), len(self.modalities)
+        if len(split.features) != k or len(split.labels) != k:
+            raise DataError(
+                f"dataset {self.name!r}: split {split_name!r} has {len(split.features)} feature "
+                f"and {len(split.labels)} label arrays for {k} modalities {self.modalities}")
+        features, labels = [], []
+        for i, m in enumerate(self.modalities):
+            where, source = f"dataset {self.name!r}, split {split_name!r}, modality {m!r}", split.source(i)
+            x = validate.features_array(split.features[i], validate.located(where, source and source.features))
+            y = validate.labels_array(split.labels[i], validate.located(where, source and source.labels))
+            validate.check_rows(x, y, where, source)
+            features.append(x)
+            labels.append(y)
+        split.features, split.labels = features, labels
 
     @property
     def multilabel(self) -> bool:
@@ -79,6 +96,16 @@ class MultiModalData:
             raise KeyError(f"unknown split {name!r}; expected one of {SPLITS}")
         return getattr(self, name)
 
+    def unlabelled_rows(self, split: str, k: int) -> np.ndarray:
+        """Boolean mask of modality k's rows in `split` with no label: all-zero rows of a label matrix.
+
+        Single-label rows always hold one class id, so none of theirs is unlabelled.
+        """
+        labels = self.split(split).labels[k]
+        if labels.ndim == 1:
+            return np.zeros(len(labels), dtype=bool)
+        return ~labels.any(axis=1)
+
     def targets(self, labels: np.ndarray) -> np.ndarray:
         """Labels as float32 (n, C) targets: one-hot over `classes`, or multi-hot as given."""
         if labels.ndim == 2:
@@ -87,6 +114,5 @@ class MultiModalData:
 
     def select(self, modality_ids: list[int]) -> "MultiModalData":
         """A view of some modalities only (same arrays, same label space)."""
-        pick = lambda s: Split([s.features[i] for i in modality_ids], [s.labels[i] for i in modality_ids])
         return MultiModalData(self.name, [self.modalities[i] for i in modality_ids],
-                              pick(self.train), pick(self.valid), pick(self.test), self.classes)
+                              *(self.split(s).select(modality_ids) for s in SPLITS), self.classes)

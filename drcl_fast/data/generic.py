@@ -20,6 +20,7 @@ import scipy.io
 
 from .container import SPLITS, DataError, MultiModalData, Split
 from .mat5 import check_mat5
+from .source import Source, Sources
 
 H5_SUFFIXES = (".h5", ".hdf5", ".h5py")  # .h5py: the released NUS-WIDE file
 GENERIC_SUFFIXES = (".npz", ".mat", ".h5", ".hdf5")
@@ -111,14 +112,10 @@ def label_rows(y: np.ndarray) -> np.ndarray:
     return y.reshape(-1) if y.ndim == 2 and min(y.shape) == 1 else y
 
 
-def checked_split(features: list[np.ndarray], labels: list[np.ndarray], where: str) -> Split:
-    """A Split whose arrays agree on row counts; `where` names the data in the error."""
-    labels = [label_rows(y) for y in labels]
-    for i, (x, y) in enumerate(zip(features, labels)):
-        if x.ndim != 2 or len(x) != len(y):
-            raise DataError(f"{where}, modality {i}: features of shape {x.shape} "
-                            f"do not match labels of shape {y.shape}")
-    return Split(features, labels)
+def read_split(f: ArrayFile, keys: list[tuple[str, str]]) -> Split:
+    """One split: each modality's arrays under its (features key, labels key), and where they came from."""
+    sources = [Sources(Source(f.path, x), Source(f.path, y)) for x, y in keys]
+    return Split([f[x] for x, _ in keys], [label_rows(f[y]) for _, y in keys], sources)
 
 
 def load_generic(path: str | Path, name: str | None = None) -> MultiModalData:
@@ -128,9 +125,7 @@ def load_generic(path: str | Path, name: str | None = None) -> MultiModalData:
         raise DataError(f"generic container {path} does not exist")
     with ArrayFile(path) as f:
         modalities = _modality_names(f)
-        splits = {s: checked_split([f[f"{s}_{m}_x"] for m in modalities],
-                                   [f[f"{s}_{m}_y"] for m in modalities], f"{path}, split {s!r}")
-                  for s in SPLITS}
+        splits = {s: read_split(f, [(f"{s}_{m}_x", f"{s}_{m}_y") for m in modalities]) for s in SPLITS}
     return MultiModalData(name or path.stem, modalities, **splits)
 
 

@@ -12,8 +12,10 @@ from typing import Callable
 
 import numpy as np
 
+from . import validate
 from .container import SPLITS, DataError, MultiModalData, Split
-from .generic import ArrayFile, checked_split
+from .generic import ArrayFile, read_split
+from .source import Source, Sources, cell_key
 
 IMAGE_TEXT = ["image", "text"]
 FIVE_VIEWS = ["image", "text", "audio", "3d", "video"]
@@ -35,25 +37,35 @@ def _open(data_root: str | Path, dataset: str, filename: str, subfolder: str) ->
     return ArrayFile(locate(data_root, dataset, filename, subfolder), dataset)
 
 
-def _image_text(f: ArrayFile, image: str, text: str, labels: str, where: str) -> Split:
+def _image_text(f: ArrayFile, image: str, text: str, labels: str) -> Split:
     # These files label only the images; each text is paired with its image, so shares its label.
-    y = f[labels]
-    return checked_split([f[image], f[text]], [y, y], where)
+    return read_split(f, [(image, labels), (text, labels)])
 
 
-def _cut(split: Split, counts: list[int], where: str) -> tuple[Split, Split]:
+def _cut(split: Split, counts: list[int], where: str, modalities: list[str]) -> tuple[Split, Split]:
     """Each modality's first counts[i] rows, and the rest; the released splits need both."""
-    for x, n in zip(split.features, counts):
-        if len(x) <= n:
-            raise DataError(f"{where}: {len(x)} test rows, but the released split takes the "
-                            f"first {n} and needs rows after them")
+    for i, (m, n) in enumerate(zip(modalities, counts)):
+        at, sources = f"{where}, modality {m!r}", split.source(i)
+        # Before cutting, so that a mismatch is reported for the whole arrays the file holds.
+        validate.check_rows(split.features[i], split.labels[i], at, sources)
+        rows = validate.row_count(split.features[i])
+        if rows <= n:
+            raise DataError(f"{at}: {sources.features} has {rows} rows in {sources.features.path}, but the "
+                            f"released split takes the first {n} and needs rows after them")
 
-    def rows(arrays: list[np.ndarray], head: bool) -> list[np.ndarray]:
-        return [a[:n] if head else a[n:] for a, n in zip(arrays, counts)]
+    def part(head: bool) -> Split:
+        cut = lambda a, n: a[:n] if head else a[n:]
+        span = lambda a, n: f"rows 1-{n}" if head else f"rows {n + 1}-{len(a)}"
+        return Split([cut(x, n) for x, n in zip(split.features, counts)],
+                     [cut(y, n) for y, n in zip(split.labels, counts)],
+                     [Sources(s.features.part(span(x, n)), s.labels.part(span(x, n)))
+                      for s, x, n in zip(split.sources, split.features, counts)])
 
-    return (Split(rows(split.features, True), rows(split.labels, True)),
-            Split(rows(split.features, False), rows(split.labels, False)))
+    return part(True), part(False)
 
+
+# The file's test arrays, before a reader cuts them into the valid and test splits.
+CUT_WHERE = "dataset {!r}, the file's test rows (split into valid and test)"
 
 WIKI_VALID_ROWS = 231
 
@@ -64,12 +76,10 @@ def load_wiki(data_root: str | Path = "datasets") -> MultiModalData:
     As in the released code, validation is the first 231 test pairs and test the rest.
     """
     with _open(data_root, "wiki", "wiki.mat", "Wiki") as f:
-        where = f"wiki ({f.path})"
-        train, test = (_image_text(f, f"{s}_imgs_deep", f"{s}_texts_doc", f"{s}_imgs_labels",
-                                   f"{where} {s}") for s in ("train", "test"))
-    valid, test = _cut(test, [WIKI_VALID_ROWS] * 2, where)
+        train, test = (_image_text(f, f"{s}_imgs_deep", f"{s}_texts_doc", f"{s}_imgs_labels")
+                       for s in ("train", "test"))
+    valid, test = _cut(test, [WIKI_VALID_ROWS] * 2, CUT_WHERE.format("wiki"), IMAGE_TEXT)
     return MultiModalData("wiki", IMAGE_TEXT, train, valid, test)
-
 
 # modality: train features, test features, train labels, test labels, test rows
 # (the rest of each modality's test rows is the validation set).
@@ -90,10 +100,9 @@ def load_xmedia(data_root: str | Path = "datasets") -> MultiModalData:
     """
     keys = list(XMEDIA_KEYS.values())
     with _open(data_root, "xmedia", "XMediaFeatures.mat", "XMedia") as f:
-        where = f"xmedia ({f.path})"
-        train = checked_split([f[k[0]] for k in keys], [f[k[2]] for k in keys], f"{where} train")
-        test = checked_split([f[k[1]] for k in keys], [f[k[3]] for k in keys], f"{where} test")
-    test, valid = _cut(test, [k[4] for k in keys], where)
+        train = read_split(f, [(k[0], k[2]) for k in keys])
+        test = read_split(f, [(k[1], k[3]) for k in keys])
+    test, valid = _cut(test, [k[4] for k in keys], CUT_WHERE.format("xmedia"), list(XMEDIA_KEYS))
     return MultiModalData("xmedia", list(XMEDIA_KEYS), train, valid, test)
 
 
@@ -106,10 +115,15 @@ def load_xmedianet(data_root: str | Path = "datasets") -> MultiModalData:
     being the images and cell 1 the texts.
     """
     with _open(data_root, "xmedianet", "XMediaNet5View_Doc2Vec.mat", "XMediaNet") as f:
-        where = f"xmedianet ({f.path})"
-        splits = {s: checked_split(_cells(f, s), _cells(f, f"{s}_labels"), f"{where} {s}")
-                  for s in SPLITS}
+        splits = {s: _cell_split(f, s) for s in SPLITS}
     return MultiModalData("xmedianet", FIVE_VIEWS, **splits)
+
+
+def _cell_split(f: ArrayFile, split: str) -> Split:
+    """Cell v of `split` and of `{split}_labels` as view v, each named `key{v + 1}` in errors."""
+    keys = (split, f"{split}_labels")
+    sources = [Sources(*(Source(f.path, cell_key(key, v)) for key in keys)) for v in range(len(FIVE_VIEWS))]
+    return Split(_cells(f, keys[0]), _cells(f, keys[1]), sources)
 
 
 def _cells(f: ArrayFile, key: str) -> list[np.ndarray]:
@@ -123,8 +137,7 @@ def _cells(f: ArrayFile, key: str) -> list[np.ndarray]:
 def load_nus(data_root: str | Path = "datasets") -> MultiModalData:
     """NUS-WIDE (nus_wide_deep_doc2vec-corr-ae.h5py, HDF5): image CNN and text features."""
     with _open(data_root, "nus", "nus_wide_deep_doc2vec-corr-ae.h5py", "NUS-WIDE") as f:
-        splits = {s: _image_text(f, f"{s}_imgs_deep", f"{s}_texts", f"{s}_imgs_labels",
-                                 f"nus ({f.path}) {s}") for s in SPLITS}
+        splits = {s: _image_text(f, f"{s}_imgs_deep", f"{s}_texts", f"{s}_imgs_labels") for s in SPLITS}
     return MultiModalData("nus", IMAGE_TEXT, **splits)
 
 
@@ -132,8 +145,7 @@ def load_inria(data_root: str | Path = "datasets") -> MultiModalData:
     """INRIA-Websearch (INRIA-Websearch.mat): image and text features."""
     prefixes = {"train": "tr", "valid": "val", "test": "te"}
     with _open(data_root, "INRIA-Websearch", "INRIA-Websearch.mat", "INRIA-Websearch") as f:
-        splits = {s: _image_text(f, f"{p}_img", f"{p}_txt", f"{p}_img_lab",
-                                 f"INRIA-Websearch ({f.path}) {s}") for s, p in prefixes.items()}
+        splits = {s: _image_text(f, f"{p}_img", f"{p}_txt", f"{p}_img_lab") for s, p in prefixes.items()}
     return MultiModalData("INRIA-Websearch", IMAGE_TEXT, **splits)
 
 

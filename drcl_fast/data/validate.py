@@ -1,8 +1,8 @@
 """Checks every dataset passes before anything trains on it.
 
-Each failure names the dataset, split and modality, says what is wrong and what
-to do; arrays come back normalised (float32 features, int64 class-id vectors or
-float32 0/1 label matrices).
+Each failure names the dataset, split and modality (and, for an array read from
+a file, its key and the file), says what is wrong and what to do; arrays come back
+normalised (float32 features, int64 class-id vectors or float32 0/1 label matrices).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 
+from drcl_fast.data.source import Source, Sources
 from drcl_fast.errors import DataError, DataWarning
 
 
@@ -34,7 +35,7 @@ def features_array(x: object, where: str) -> np.ndarray:
     zero = ~x.any(axis=1)
     if zero.any():
         warnings.warn(f"{where}: {int(zero.sum())} all-zero feature row(s) (first: row {int(np.argmax(zero))}); "
-                      f"they carry no information", DataWarning, stacklevel=4)
+                      f"they carry no information", DataWarning, stacklevel=5)
     return x
 
 
@@ -65,9 +66,44 @@ def labels_array(y: object, where: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def check_rows(x: np.ndarray, y: np.ndarray, where: str) -> None:
-    if len(x) != len(y):
-        raise DataError(f"{where}: {len(x)} feature rows but {len(y)} label rows; they must pair up row by row")
+def located(where: str, source: Source | None) -> str:
+    """`where`, followed by the file's key and path when the array came from a file."""
+    return where if source is None else f"{where} ({source} of {source.path})"
+
+
+def row_count(a: np.ndarray) -> int:
+    """Rows of an array as a reader gives it (a 0-d array is one value: one row)."""
+    return int(a.shape[0]) if a.ndim else 1
+
+
+def check_rows(x: np.ndarray, y: np.ndarray, where: str, sources: Sources | None = None) -> None:
+    """Features and labels pair up row by row; a mismatch names both keys when they came from a file."""
+    nx, ny = row_count(x), row_count(y)
+    if nx == ny:
+        return
+    if sources is None:
+        raise DataError(f"{where}: {nx} feature rows but {ny} label rows; they must pair up row by row")
+    raise DataError(f"{where}: {sources.features} ({nx:,} rows) and {sources.labels} ({ny:,} rows) in "
+                    f"{sources.features.path} must pair up row by row, one row per item; fix the one that is wrong")
+
+
+def check_widths(where: str, features: dict[str, np.ndarray], sources: dict[str, Source | None]) -> None:
+    """One feature width in every split (features and sources by split name)."""
+    widths = {s: int(x.shape[1]) for s, x in features.items()}
+    if len(set(widths.values())) == 1:
+        return
+    if any(source is None for source in sources.values()):
+        listed = ", ".join(f"{s} {w}" for s, w in widths.items())
+        raise DataError(f"{where}: feature width differs between splits ({listed}); every split must use "
+                        f"the same features")
+    # Splits cut from one array share its key: name each key once, with the splits it feeds.
+    splits_of: dict[str, list[str]] = {}
+    for s, source in sources.items():
+        splits_of.setdefault(source.key, []).append(s)
+    listed = ", ".join(f"`{key}` {widths[splits[0]]} wide ({', '.join(splits)})" for key, splits in splits_of.items())
+    path = next(iter(sources.values())).path
+    raise DataError(f"{where}: feature width differs between splits: {listed}, in {path}; every split must "
+                    f"use the same features: fix the one that differs")
 
 
 def check_label_space(name: str, modalities: list[str], labels: dict[str, list[np.ndarray]]) -> np.ndarray | None:

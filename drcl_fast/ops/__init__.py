@@ -1,17 +1,18 @@
-"""DRCL ops with backend dispatch (`backend="auto" | "torch" | "triton" | "restructured" | "cpp"`).
+"""DRCL ops with backend dispatch (the names of ``backends.BACKENDS``).
 
 - "torch": the reference (``reference.py``), the specification in code;
 - "triton": fused Triton kernels (``drcl_fast.kernels``) on CUDA tensors;
 - "restructured": the loss by C-space algebra in PyTorch (``restructured.py``), the
-  CPU's fast path; ops that algebra does not change run their reference under it
-  (``backends.STAND_INS``).
+  CPU's fast path.
 
-"auto" takes the first available of ``backends.AUTO_PREFERENCE`` for the tensors'
+An op with no implementation of the name asked for ("cpp" for every op here,
+"restructured" for all but the loss) runs what "auto" picks. "auto" takes the
+first available of ``backends.AUTO_PREFERENCE`` for the tensors'
 device, but the reference loss where the restructured one does not pay off
 (``restructured.pays_off``: small batches, many classes). The
 fused paths treat targets, L = W+ and the prior as constants (as RSC does); if one
 of them requires a gradient, the reference runs instead. Under
-``torch.use_deterministic_algorithms(True)`` "triton" gives way to "restructured":
+``torch.use_deterministic_algorithms(True)`` "triton" gives way to the next fastest:
 its atomic adds and autotuned blocks are not bitwise reproducible.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from drcl_fast.backends import choose, say_once
+from drcl_fast.backends import choose, picks_automatically, say_once
 from drcl_fast.ops import custom_ops, reference, restructured
 from drcl_fast.ops.pinv import prior_pinv
 from drcl_fast.ops.reference import feature_mixup, gce_q, mix_rows
@@ -78,8 +79,8 @@ def _pick(op: str, backend: str, device: torch.device, *constants: torch.Tensor)
     fn = choose(op, backend, device, impls)
     if fn is impls["triton"] and torch.are_deterministic_algorithms_enabled():
         say_once((op, "deterministic"), f"{op}: deterministic algorithms are on, and the Triton kernels add "
-                                        f"with atomics and autotune their blocks; using 'restructured'")
-        return choose(op, "restructured", device, impls)
+                                        f"with atomics and autotune their blocks; using the next fastest")
+        return choose(op, "auto", device, impls, exclude={"triton"})
     return fn
 
 
@@ -94,8 +95,9 @@ def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch
     """(J_L, J_D, J_MSE) of the RSC objective on an already-mixed batch."""
     _check_loss_shapes(features, targets, logits, pinv)
     fn = _pick("drcl_loss", backend, features.device, targets, pinv)
-    if backend == "auto" and fn is _DRCL_TERMS["restructured"] and not restructured.pays_off(
-            features.shape[0], features.shape[1], targets.shape[1]):
+    b, d, c = features.shape[0], features.shape[1], targets.shape[1]
+    if picks_automatically(backend, _DRCL_TERMS) and fn is _DRCL_TERMS["restructured"] and \
+            not restructured.pays_off(b, d, c):
         fn = _DRCL_TERMS["torch"]
     return fn(features, targets, logits, pinv, q)
 

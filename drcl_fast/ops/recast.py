@@ -12,9 +12,8 @@ import warnings
 
 import torch
 
-# Sparse when at most 1 / DENSE_ABOVE of a row is nonzero. Measured on a 2-core CPU at
-# B = 1,024, D = 2,048 with two nonzeros a row, the residual: 0.47 ms by CSR against the dense
-# product's 0.69 ms at C = 10 and 5.8 ms at C = 200; at C = 3 two of three classes are nonzero.
+# Sparse when at most 1 / DENSE_ABOVE of a row is nonzero: the CSR product's cost follows the
+# nonzeros, the dense one's C (docs/kernels.md has the timings); at C = 3, two of three are nonzero.
 DENSE_ABOVE = 2
 
 

@@ -10,8 +10,8 @@ docs/kernels.md has the measurements):
   ``a = R^ R^^T = y^ K y^^T`` (K = L L^T) from C-space. ``b`` is symmetric: row panel
   ``[i0, i1)`` meets only columns ``>= i0``, the mirrored part counts twice, the panel's
   diagonal block is half computed and half transposed, and the gradient
-  ``-(16 / B^2) (a - b) F^`` flows to rows and columns from the same panel (0.59 of a
-  full product forward at B = 1,024, one backward, where the reference does three each);
+  ``-(16 / B^2) (a - b) F^`` flows to rows and columns from the same panel (about 0.6 of a
+  full product forward, one backward, where the reference does three each);
 - J_D's second term, over ``X = R^ F^^T = y^ P^^T`` (P^ = F^ L^T), has rank <= C and
   lives wholly in C-space: ``sum (x_ij - x_ji)^2 = 2 |X|^2 - 2 tr(X X)`` from C x C
   Gram matrices, in float64 because the two sums nearly cancel; its gradient through
@@ -19,8 +19,10 @@ docs/kernels.md has the measurements):
 - the gradients are formed in the same pass, so the backward only scales them.
 
 A panel holds ``(B + C) x PANEL_ROWS`` values at a time: no B x B matrix exists.
-When some pair's clamp can bind (a row of norm near zero, checked per call), the
-reference's exact autograd runs instead: the hats are undefined there.
+A zero recast row (a target row with no class) has the unit row 0, whose cosines are the
+reference's 0. When some other pair's clamp can bind (a row of norm near zero, checked per
+call), the unit-row algebra does not hold and ``pairwise_terms`` forms the B x B cosines
+as the reference does.
 """
 from __future__ import annotations
 
@@ -34,14 +36,11 @@ from drcl_fast.ops import reference
 from drcl_fast.ops.pinv import Core, pinv_core
 from drcl_fast.ops.recast import scaled_residual, sparse_rows
 
-# Label products gather where rows are at most 1 / 16 nonzero. Measured on a 2-core CPU at
-# B = 1,024, D = 2,048 with two nonzeros a row: the cross term takes 3.1 ms gathering against
-# 5.3 ms multiplying at C = 200, the same at C = 40; the panels' C-space products cost the same.
+# Label products gather where rows are at most 1 / 16 nonzero: from there a gather of a row's
+# few classes beats a C-wide product (docs/kernels.md has the timings).
 SPARSE_LABELS_ABOVE = 16
-# Rows per panel, and the size down to which a panel's diagonal block is split in halves. Measured
-# on a 2-core CPU at B = 1,024, D = 2,048 (forward+backward, in alternation): 512 / 128 ran 2-5 %
-# faster than 256 / 128 and 384 / 96, and splitting 256-row panels down to 64 rows was slower
-# still (the small GEMMs run below peak).
+# Rows per panel, and the size down to which a panel's diagonal block is split in halves: smaller
+# panels and blocks make GEMMs too small to run at peak (docs/kernels.md, "The loss on the CPU").
 PANEL_ROWS = 512
 # P = f~ L^T from the logits (see coordinates): from this many classes, where the B x D x C product
 # costs more than the check; for priors with cond(W)^2 up to this, since the route multiplies the
@@ -57,10 +56,8 @@ def pays_off(b: int, d: int, c: int) -> bool:
     """Whether the restructured loss beats the reference at B x D features with C classes.
 
     It saves about 4.25 B^2 D multiply-adds and the reference's passes over B x B matrices,
-    and adds C-space work (about B C^2) and a fixed cost per call. Fitted to a grid of
-    forward+backward timings on a 2-core CPU (bench/loss_grid.py: B 64 to 1,024, D 64 to
-    2,048, C 10 to 200; no shape it picks was more than 9 % slower than the reference, none
-    it leaves more than 10 % faster): B (D + 512) >= 6 C^2 + 10^7 / B.
+    and adds C-space work (about B C^2) and a fixed cost per call: B (D + 512) >= 6 C^2 + 10^7 / B,
+    fitted to a grid of forward+backward timings (bench/loss_grid.py; docs/kernels.md).
     """
     return b * (d + 512) >= 6 * c * c + 1e7 / b
 
@@ -80,12 +77,20 @@ def gce_value_and_grad(logits: torch.Tensor, targets: torch.Tensor, q: float
 
 
 def clamp_may_bind(nf: torch.Tensor, nr: torch.Tensor) -> bool:
-    """True when some pair's |a| |b| falls below the cosine's clamp.
+    """True when some pair's |a| |b| falls below the cosine's clamp where unit rows cannot follow it.
 
     Every row meets itself (cos2(r_i, r_i), cos2(f_i, f_i)), so the smallest product
-    is the smallest norm squared.
+    is the smallest norm squared. Zero recast rows do not count: their cosines are 0,
+    as a zero unit row's are, and r is a constant, so no gradient differs either. A zero
+    feature row does: there the clamp gives cos2(f_i, f_j) the gradient 2 f_j / 1e-6.
     """
-    return bool(torch.minimum(nf.min(), nr.min()) ** 2 < reference.COS_EPS)
+    smallest_recast = torch.where(nr > 0, nr, torch.inf).min()
+    return bool(torch.minimum(nf.min(), smallest_recast) ** 2 < reference.COS_EPS)
+
+
+def inverse_norms(norms: torch.Tensor) -> torch.Tensor:
+    """1 / |r_i| as a column, 0 for a zero row: its unit row is 0 and every cosine with it 0."""
+    return torch.where(norms > 0, norms.reciprocal(), 0.0)[:, None]
 
 
 class Labels:
@@ -251,9 +256,8 @@ def finish_rows(grad: torch.Tensor, f_hat: torch.Tensor, features: torch.Tensor,
     dJ_D/dF~ in place.
 
     Through the row normalisation the gradient is (g - f^ (f^ . g)) / |f~|. F^ is not needed
-    after that, and its memory takes J_MSE's gradient: no new B x D buffer (a lower peak, and
-    fewer fresh pages to fault in: 1,350 a call instead of 3,300 at B = 1,024, D = 2,048). (The
-    same passes in one C++ pass over each row were no faster: they find the rows in cache.)
+    after that, and its memory takes J_MSE's gradient: no new B x D buffer, so a lower peak
+    and fewer fresh pages to fault in.
     """
     scale = -2.0 / features.numel()
     row_dots = torch.bmm(f_hat.unsqueeze(1), grad.unsqueeze(2)).view(-1, 1)   # no B x D temporary
@@ -263,23 +267,48 @@ def finish_rows(grad: torch.Tensor, f_hat: torch.Tensor, features: torch.Tensor,
 
 
 def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:
-    """torch's cascaded sums of the squares, SUM_CHUNK values at a time. Measured against
-    float64 with f~ near r: a BLAS dot (float32, in order) and torch.linalg.vector_norm both
-    lost digits the reference keeps (J_MSE errors up to 5.7e-7 and 7.2e-7 against its 4e-9)."""
+    """torch's cascaded sums of the squares, SUM_CHUNK values at a time: with f~ near r, a BLAS
+    dot (float32, in order) and torch.linalg.vector_norm lose digits the reference keeps."""
     rows = max(1, SUM_CHUNK // max(1, x.shape[1]))
     return sum(x[i:i + rows].square().sum() for i in range(0, x.shape[0], rows))
 
 
-def _reference_terms(features, targets, logits, pinv, q, need_grad):
-    """The reference's terms and, by autograd, each term's gradient (the clamp-binding case)."""
-    with torch.enable_grad():
-        f, p = features.detach().requires_grad_(need_grad), logits.detach().requires_grad_(need_grad)
-        j_l, j_d, j_mse = reference.drcl_loss_terms(f, targets, p, pinv, q)
-        terms = torch.stack([j_l, j_d, j_mse]).detach()
-        if not need_grad:
-            return terms, None, None, None
-        d_d, = torch.autograd.grad(j_d, f, retain_graph=True)
-        return terms, d_d, torch.autograd.grad(j_mse, f)[0], torch.autograd.grad(j_l, p)[0]
+def _cos2(dots: torch.Tensor, na: torch.Tensor, nb: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``reference.cos2`` from the pairs' dot products: (cos2, max(|a| |b|, 1e-6), where the clamp is free)."""
+    products = na[:, None] * nb[None, :]
+    den = products.clamp_min(reference.COS_EPS)
+    return 2.0 * dots / den, den, products >= reference.COS_EPS
+
+
+def pairwise_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, pinv: torch.Tensor,
+                   q: float, need_grad: bool) -> tuple[torch.Tensor, ...]:
+    """The engine's outputs for a batch where some pair's clamp binds, formed as the reference forms them.
+
+    The B x B cosines with the clamp per pair, and their gradients in closed form, the
+    clamp's stopped where it binds as autograd stops it: not autograd itself, which a
+    custom op runs below (under torch.compile). With w1 = cos2(r, r) - cos2(f~, f~) and
+    w2 = X - X^T, X = cos2(r, f~): dJ_D/dcos2(f~_i, f~_j) = -2 w1_ij / B^2 and
+    dJ_D/dx_ij = 4 w2_ij / B^2; through cos2 = 2 dot / den, 2 / den reaches the dot
+    and -cos2 / den the norms, where the clamp is free.
+    """
+    b = features.shape[0]
+    recast = targets @ pinv
+    nf, nr = features.norm(dim=1), recast.norm(dim=1)
+    c_ff, den_ff, free_ff = _cos2(features @ features.t(), nf, nf)
+    x, den_x, free_x = _cos2(recast @ features.t(), nr, nf)
+    w1, w2 = _cos2(recast @ recast.t(), nr, nr)[0] - c_ff, x - x.t()
+    residual = features - recast
+    j_d, j_mse = w1.square().mean() + w2.square().mean(), residual.square().mean()
+    if not need_grad:
+        return torch.stack([reference.gce_loss(logits, targets, q), j_d, j_mse]), None, None, None
+    g_ff, g_x = w1 * (-2.0 / b ** 2), w2 * (4.0 / b ** 2)
+    d_nf = (2.0 * torch.where(free_ff, -g_ff * c_ff / den_ff, 0.0) @ nf
+            + torch.where(free_x, -g_x * x / den_x, 0.0).t() @ nr)
+    d_d = (4.0 * g_ff / den_ff) @ features + (2.0 * g_x / den_x).t() @ recast
+    d_d += inverse_norms(nf) * d_nf[:, None] * features   # a zero row's norm has gradient 0, as in torch
+    j_l, d_logits = gce_value_and_grad(logits, targets, q)
+    return torch.stack([j_l, j_d, j_mse]), d_d, residual * (2.0 / features.numel()), d_logits
 
 
 class RestructuredEngine:
@@ -293,8 +322,8 @@ class RestructuredEngine:
         nf = features.norm(dim=1)
         cs = prepare(features, targets, pinv, yk, nf, coordinates(features, nf, logits.detach(), pinv, core))
         if clamp_may_bind(cs.nf, cs.nr):
-            return _reference_terms(features, targets, logits, pinv, q, need_grad)
-        inv_nf, inv_nr = cs.nf.reciprocal()[:, None], cs.nr.reciprocal()[:, None]
+            return pairwise_terms(features, targets, logits, pinv, q, need_grad)
+        inv_nf, inv_nr = cs.nf.reciprocal()[:, None], inverse_norms(cs.nr)
         b_total = features.shape[0]
         stack = features.new_empty(b_total + (pinv.shape[0] if need_grad else 0), features.shape[1])
         f_hat = torch.mul(features, inv_nf, out=stack[:b_total])

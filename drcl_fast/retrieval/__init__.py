@@ -33,7 +33,7 @@ def evaluate_map(query: Any, query_labels: Any, gallery: Any, gallery_labels: An
     """
     q, yq, g, yg = reference.check_inputs(query, query_labels, gallery, gallery_labels, k)
     impl = dispatch.average_precisions(backend, q.device)
-    ap = impl(q, yq, g, yg, k=k, **({} if max_memory is None else {"max_memory": max_memory}))
+    ap = impl(q, yq, g, yg, k=k, **dispatch.memory_budget(max_memory))
     counted = ap[~torch.isnan(ap)]
     value = float(counted.mean()) if counted.numel() else 0.0
     return (value, ap) if return_ap else value

@@ -29,3 +29,8 @@ def average_precisions(backend: str, device: torch.device) -> Callable:
 def hits_at(backend: str, device: torch.device) -> Callable:
     """Relevant items above rank cutoffs: f(query, query_labels, gallery, gallery_labels, cutoffs, [max_memory=])."""
     return choose("precision_recall", backend, device, _impls("hits_at"))
+
+
+def memory_budget(max_memory: int | None) -> dict[str, int]:
+    """The max_memory= keyword for an implementation; none for None, so that each keeps its own default."""
+    return {} if max_memory is None else {"max_memory": max_memory}

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import scipy.io as sio
 import torch
 
+from drcl_fast import backends
+from drcl_fast.data.generic import ArrayFile
 from drcl_fast.errors import ConfigError, DataError
 from drcl_fast.outputs import metrics_path, refuse_overwrite, save_json
 from drcl_fast.retrieval import evaluate_directions
@@ -25,8 +29,11 @@ from drcl_fast.retrieval.pr import plot_curves, precision_recall, save_curves_cs
 from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
 
 SUFFIXES = (".mat", ".npz", ".pt")
-BACKENDS = ("auto", "torch", "cpp", "triton")
 KEYS = (("test_fea", "test_lab"), ("embeddings", "labels"))
+# How to write each file type so that load_embeddings reads it: the advice of every read error.
+REWRITE = {".pt": "torch.save({'embeddings': x, 'labels': y}, file), x and y tensors",
+           ".npz": "numpy.savez(file, embeddings=x, labels=y), x and y numeric arrays",
+           ".mat": "scipy.io.savemat(file, {'embeddings': x, 'labels': y}), x and y numeric arrays"}
 
 
 def add_eval_flags(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +48,7 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("evaluation")
     run.add_argument("--k", nargs="+", default=["all", "50"], metavar="K",
                      help="MAP cutoffs: 'all' and/or positive ints (default: all 50)")
-    run.add_argument("--backend", choices=BACKENDS, default="auto",
-                     help="auto (fastest here), torch (reference), cpp (CPU), triton (CUDA)")
+    run.add_argument("--backend", **backends.flag_options())
     run.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="write metrics.json (training's schema) into this folder")
@@ -60,26 +66,64 @@ def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
     try:
-        if suffix == ".mat":
-            arrays = sio.loadmat(str(path))
-        elif suffix == ".npz":
-            arrays = dict(np.load(path))
-        else:
-            arrays = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise DataError(f"{path} cannot be read as {suffix}: {error}") from error
-    if not isinstance(arrays, dict):
-        raise DataError(f"{path} holds a {type(arrays).__name__}; save a dict with keys embeddings and labels")
-    for features_key, labels_key in KEYS:
-        if features_key in arrays and labels_key in arrays:
-            features = np.asarray(arrays[features_key])
-            labels = np.asarray(arrays[labels_key])
-            # .mat files store a vector of n class ids as a 1 x n (or n x 1) matrix.
-            is_vector = labels.ndim == 2 and 1 in labels.shape and labels.size == len(features)
-            return features, labels.reshape(-1) if is_vector else labels
-    keys = sorted(k for k in arrays if not k.startswith("__"))
-    raise DataError(f"{path} has keys {keys}; expected test_fea and test_lab (the released layout) "
+        features, labels = _read_pair(path, suffix)
+    except DataError as error:
+        raise DataError(f"{error}; write the file again with {REWRITE[suffix]}") from error
+    # .mat files store a vector of n class ids as a 1 x n (or n x 1) matrix.
+    is_vector = labels.ndim == 2 and 1 in labels.shape and labels.size == len(features)
+    return features, labels.reshape(-1) if is_vector else labels
+
+
+def _read_pair(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray]:
+    """The file's (features, labels) as numeric arrays; DataError for anything else it holds."""
+    with (nullcontext(_torch_dict(path)) if suffix == ".pt" else ArrayFile(path)) as arrays:
+        keys = [str(key) for key in arrays.keys()]
+        for features_key, labels_key in KEYS:
+            if features_key in keys and labels_key in keys:
+                features = _numeric(arrays[features_key], path, features_key)
+                if features.ndim != 2:
+                    raise DataError(f"{path}: {features_key!r} has shape {features.shape}; "
+                                    f"expected (n, d), one embedding per row")
+                return features, _numeric(arrays[labels_key], path, labels_key)
+    shown = sorted(k for k in keys if not k.startswith("__"))
+    raise DataError(f"{path} has keys {shown}; expected test_fea and test_lab (the released layout) "
                     f"or embeddings and labels")
+
+
+def _torch_dict(path: Path) -> dict:
+    """A .pt file's dict, loaded with weights_only=True: tensors and plain values, never code."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file (EOFError, RuntimeError, ...)
+        raise DataError(f"{path} cannot be read as a .pt file of tensors ({_first_sentence(error)}): it is "
+                        f"damaged, or it holds Python objects, which are not loaded because unpickling them "
+                        f"can run code") from error
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path} holds a {type(loaded).__name__}, not a dict of tensors")
+    return loaded
+
+
+def _first_sentence(error: Exception) -> str:
+    """The gist of torch.load's error, which can run to a page of advice (some of it to load unsafely)."""
+    text = str(error)
+    # A weights-only refusal states its actual reason after this marker.
+    text = text.split("WeightsUnpickler error:", 1)[-1].strip()
+    return re.split(r"\.\s|\n", text, maxsplit=1)[0] or type(error).__name__
+
+
+def _numeric(value: Any, path: Path, key: str) -> np.ndarray:
+    """`value` (a tensor, an array or a list) as a numeric numpy array."""
+    if isinstance(value, torch.Tensor):
+        # numpy has no bfloat16; float32 holds it exactly, and the evaluation ranks in float32 anyway.
+        value = value.detach().cpu()
+        value = value.float() if value.dtype == torch.bfloat16 else value
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:  # ragged lists, tensors that need a gradient, ...
+        raise DataError(f"{path}: {key!r} is not an array ({error})") from error
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{path}: {key!r} is not numeric (dtype {array.dtype})")
+    return array
 
 
 def discover(features_dir: Path, dataset: str) -> list[Path]:

@@ -38,19 +38,26 @@ def default_cutoffs(gallery_size: int, points: int = DEFAULT_POINTS) -> np.ndarr
     return np.unique(np.round(np.linspace(1, gallery_size, min(points, gallery_size))).astype(np.int64))
 
 
-def relevant_totals(query_labels: torch.Tensor, gallery_labels: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """(Q,) int64: relevant gallery items per query, from checked labels alone (no ranking)."""
-    return torch.cat([reference.relevance(query_labels[start:start + chunk], gallery_labels).sum(1)
-                      for start in range(0, len(query_labels), chunk)])
+def relevant_totals(query_labels: torch.Tensor, gallery_labels: torch.Tensor,
+                    max_memory: int = reference.DEFAULT_MAX_MEMORY) -> torch.Tensor:
+    """(Q,) int64: relevant gallery items per query, from checked labels alone (no ranking).
+
+    Query chunks are sized by the evaluator's rule, so the (chunk, N) relevance stays within `max_memory`."""
+    step = reference.auto_chunk_size(len(query_labels), len(gallery_labels), max_memory)
+    return torch.cat([reference.relevance(query_labels[start:start + step], gallery_labels).sum(1)
+                      for start in range(0, len(query_labels), step)])
 
 
 def precision_recall(query: Any, query_labels: Any, gallery: Any, gallery_labels: Any,
-                     cutoffs: Any = None, backend: str = "auto") -> PRCurve:
-    """The precision-recall curve at rank `cutoffs` (default: default_cutoffs of the gallery size)."""
+                     cutoffs: Any = None, backend: str = "auto", max_memory: int | None = None) -> PRCurve:
+    """The precision-recall curve at rank `cutoffs` (default: default_cutoffs of the gallery size).
+
+    `max_memory`: bytes for one query chunk's working set, as in evaluate_map (None: the backend's default)."""
     q, yq, g, yg = reference.check_inputs(query, query_labels, gallery, gallery_labels)
     cut = reference.check_cutoffs(default_cutoffs(g.shape[0]) if cutoffs is None else cutoffs, g.shape[0])
-    hits = dispatch.hits_at(backend, q.device)(q, yq, g, yg, cut).double().cpu()
-    totals = relevant_totals(yq, yg).double().cpu()
+    budget = dispatch.memory_budget(max_memory)
+    hits = dispatch.hits_at(backend, q.device)(q, yq, g, yg, cut, **budget).double().cpu()
+    totals = relevant_totals(yq, yg, **budget).double().cpu()
     counted = totals > 0
     hits, totals = hits[counted], totals[counted]
     if not len(hits):

@@ -9,8 +9,8 @@
   matrices follow.
 Both then walk the ranking once with bitmask relevance (kernels/map_ranked.py).
 
-Dispatch sends only CUDA tensors here. Under TRITON_INTERPRET=1 the same
-functions run on CPU tensors, which is how the test suite exercises them.
+Dispatch sends CUDA tensors here, and CPU tensors only under TRITON_INTERPRET=1,
+where the same functions run in Triton's interpreter: how the test suite exercises them.
 """
 from __future__ import annotations
 
