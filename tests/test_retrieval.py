@@ -11,7 +11,7 @@ import torch
 from drcl_fast.backends import BackendError
 from drcl_fast.retrieval import (DirectionResult, evaluate_directions, evaluate_map, format_table,
                                  metrics_dict, result_line)
-from drcl_fast.retrieval.reference import (DEFAULT_MAX_MEMORY, auto_chunk_size, average_precisions,
+from drcl_fast.retrieval.reference import (DEFAULT_MAX_MEMORY, auto_chunk_size, average_precisions, chunk_scores,
                                            average_precisions_from_scores)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -188,6 +188,34 @@ def test_chunking_is_exact(multilabel):
         for chunk in [1, 3, 7, 36, 100]:
             nan_equal(average_precisions(q, yq, g, yg, k=k, chunk_size=chunk), whole)
         nan_equal(average_precisions(q, yq, g, yg, k=k, max_memory=1), whole)  # one query per chunk
+
+
+@pytest.mark.parametrize("dim", [37, 512])
+def test_float32_scores_do_not_depend_on_the_chunking(dim):
+    """A query's scores are the same bits alone in a chunk, in a small one or in the whole product.
+
+    BLAS scores one row as a matrix-vector product (and a few rows by other paths), whose
+    sums differ in the last bit: near-ties would then order differently with max_memory.
+    """
+    torch.manual_seed(dim)
+    q = torch.nn.functional.normalize(torch.randn(101, dim), dim=1)
+    g = torch.nn.functional.normalize(torch.randn(211, dim), dim=1)
+    whole = chunk_scores(q, g)
+    for step in [1, 2, 3, 7, 15, 16, 40, 100]:
+        chunked = torch.cat([chunk_scores(q[i:i + step], g) for i in range(0, 101, step)])
+        assert torch.equal(chunked, whole), step
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_chunking_is_exact_on_real_valued_scores(multilabel):
+    rng = np.random.default_rng(5)
+    q, g = rng.normal(size=(41, 37)).astype(np.float32), rng.normal(size=(151, 37)).astype(np.float32)
+    g[0:150:3] = g[1:151:3]                                          # exact duplicates: ties
+    yq, yg = labels_for(rng, 41, multilabel), labels_for(rng, 151, multilabel)
+    for k in [None, 5]:
+        whole = average_precisions(q, yq, g, yg, k=k, chunk_size=41)
+        for chunk in [1, 2, 7, 40]:
+            nan_equal(average_precisions(q, yq, g, yg, k=k, chunk_size=chunk), whole)
 
 
 def test_auto_chunk_size_bounds_memory():

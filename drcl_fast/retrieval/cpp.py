@@ -40,8 +40,8 @@ def _over_chunks(query: Any, query_labels: Any, gallery: Any, gallery_labels: An
     query_codes, gallery_codes = codes.query.cpu().numpy(), codes.gallery.cpu().numpy()
     q, g = reference.unit_rows(q, g)
     step = reference.auto_chunk_size(q.shape[0], g.shape[0], max_memory, _BYTES_PER_SCORE_PAIR[q.dtype])
-    out = [torch.from_numpy(rank((q[start:start + step] @ g.T).cpu().numpy(), query_codes[start:start + step],
-                                 gallery_codes))
+    out = [torch.from_numpy(rank(reference.chunk_scores(q[start:start + step], g).cpu().numpy(),
+                                 query_codes[start:start + step], gallery_codes))
            for start in range(0, q.shape[0], step)]
     return torch.cat(out).to(q.device)
 

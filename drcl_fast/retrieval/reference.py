@@ -99,6 +99,25 @@ def unit_rows(query: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor,
     return q.to(dtype), g.to(dtype)
 
 
+# Fewer query rows than this make BLAS take other code paths (a matrix-vector product for
+# one row), whose sums differ in the last bit from those of a larger chunk.
+MIN_SCORE_ROWS = 16
+
+
+def chunk_scores(chunk: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """Cosine scores of a chunk of unit query rows against the unit gallery rows: `chunk @ gallery.T`.
+
+    A chunk of fewer than MIN_SCORE_ROWS rows is padded with zero rows, so that a
+    query's float32 scores, and so the order of its near-ties, do not depend on how
+    the queries were chunked (max_memory, the last chunk, the backend's chunk size).
+    """
+    rows = chunk.shape[0]
+    if rows >= MIN_SCORE_ROWS:
+        return chunk @ gallery.T
+    padded = torch.cat([chunk, chunk.new_zeros(MIN_SCORE_ROWS - rows, chunk.shape[1])])
+    return (padded @ gallery.T)[:rows]
+
+
 def relevance(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> torch.Tensor:
     """(q, N) bool: same class id, or at least one shared label (0/1 matrices)."""
     if query_labels.dim() == 2:
@@ -174,7 +193,7 @@ def _over_chunks(q: torch.Tensor, yq: torch.Tensor, g: torch.Tensor, yg: torch.T
     check_chunk_size(chunk_size)
     q, g = unit_rows(q, g)
     step = chunk_size or auto_chunk_size(q.shape[0], g.shape[0], max_memory)
-    return torch.cat([per_chunk(q[start:start + step] @ g.T, relevance(yq[start:start + step], yg))
+    return torch.cat([per_chunk(chunk_scores(q[start:start + step], g), relevance(yq[start:start + step], yg))
                       for start in range(0, q.shape[0], step)])
 
 

@@ -52,7 +52,8 @@ def _ranked_chunks(query: Any, query_labels: Any, gallery: Any, gallery_labels: 
         if fused:
             order = map_topk.topk_indices(chunk, g, top)
         else:
-            order = torch.sort(chunk @ g.T, dim=1, descending=True, stable=True).indices[:, :top]
+            scores = reference.chunk_scores(chunk, g)
+            order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top]
         out.append(walk(order, codes.query[start:start + step], codes))
     return torch.cat(out)
 
