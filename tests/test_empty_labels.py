@@ -5,6 +5,7 @@ selection, per modality; test rows are all kept; one DataWarning says how many.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from pathlib import Path
@@ -49,7 +50,8 @@ def empty_label_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, DataWarning) and "no label" in str(w.message)]
 
 
-@pytest.mark.parametrize("backend", ["torch", "restructured"])
+@pytest.mark.parametrize("backend", ["torch", "restructured", "auto", pytest.param("triton", marks=pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="Triton is not installed (make test requires it)"))])
 def test_training_leaves_out_empty_label_rows_and_keeps_every_test_row(tmp_path: Path, backend: str,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "coco-tiny.npz"
