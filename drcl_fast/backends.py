@@ -6,7 +6,9 @@ one under it, and the best available (what "auto" picks) for every op that has
 none: `--backend cpp` ranks MAP in C++ and trains with the fastest training ops,
 `--backend restructured` trains with the restructured loss and ranks with the
 fastest evaluator. An op's own backend that is unavailable (not built, no
-Triton, no GPU) is an error.
+Triton, no GPU) is an error. A Triton implementation must first pass its
+self-check on the device (``drcl_fast.selfcheck``): where it fails, "auto" moves
+on to the next implementation and an explicit "triton" is an error.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Callable, Collection, Mapping
 
 import torch
 
+from drcl_fast import selfcheck
 from drcl_fast.errors import BackendError
 
 # Every backend name the package knows, with what it means: the CLI's choices and help come from here.
@@ -69,12 +72,30 @@ def choose(op: str, backend: str, device: torch.device | str, impls: Mapping[str
     `impls` maps backend names to callables, or to None where that backend
     exists in principle but is not usable in this process (not built, no Triton).
     `exclude` names implementations the "auto" rule must pass over.
+
+    A "triton" implementation is handed out only once it has passed its self-check
+    on this device (``drcl_fast.selfcheck``): where it fails, "auto" takes what it
+    would pick without it (saying so once), and an explicit backend="triton" is a BackendError.
     """
+    name = pick(op, backend, device, impls, exclude)
+    if name == "triton":
+        found = selfcheck.verdict(op, device)
+        if found is not None and not found.ok:
+            if not picks_automatically(backend, impls) and backend not in exclude:
+                raise BackendError(found.refusal())
+            fallback = pick(op, "auto", device, impls, {*exclude, "triton"})
+            selfcheck.warn_fallback(found, fallback)
+            return impls[fallback]
+    return impls[name]
+
+
+def pick(op: str, backend: str, device: torch.device | str, impls: Mapping[str, Callable | None],
+         exclude: Collection[str] = ()) -> str:
+    """The rule itself: the name of the implementation `choose` runs, before any self-check."""
     check_backend_name(backend)
     device_type = torch.device(device).type
     if not picks_automatically(backend, impls) and backend not in exclude:
-        fn = impls[backend]
-        if fn is None:
+        if impls[backend] is None:
             have = [name for name, f in impls.items() if f is not None]
             raise BackendError(
                 f"{op}: backend {backend!r} is not available here (usable: {', '.join(have)}); "
@@ -82,18 +103,17 @@ def choose(op: str, backend: str, device: torch.device | str, impls: Mapping[str
         if backend == "triton" and device_type != "cuda" and not _triton_interpreted():
             raise BackendError(f"{op}: backend 'triton' needs CUDA tensors, got {device_type} tensors; "
                                f"move the inputs to a GPU or pass backend='auto'")
-        return fn
+        return backend
     preference = [name for name in AUTO_PREFERENCE.get(device_type, ("torch",)) if name not in exclude]
     for name in preference:
-        fn = impls.get(name)
-        if fn is not None:
+        if impls.get(name) is not None:
             skipped = [p for p in preference[:preference.index(name)] if p in impls]
             if skipped:
                 say_once((op, device_type),
                          f"{op}: the {skipped[0]!r} backend is not available for {device_type} "
                          f"tensors; using {name!r}")
-            return fn
-    return impls["torch"]
+            return name
+    return "torch"
 
 
 def _triton_interpreted() -> bool:

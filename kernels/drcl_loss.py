@@ -25,6 +25,7 @@ from drcl_fast.kernels.fused_loss import loss_terms, prepare
 from drcl_fast.kernels.gce import gce_forward
 from drcl_fast.kernels.matmul import INTERPRET, mma
 from drcl_fast.kernels.precision import dot_precision
+from drcl_fast.kernels.rounding import div_rn
 
 COS_EPS = 1e-6   # reference.COS_EPS; kernels import nothing from the layers above them
 PAIR_BLOCK = 128 if INTERPRET else 64   # the interpreter pays per program: fewer, larger tiles
@@ -35,10 +36,13 @@ PAIR_WARPS = 8
 
 @triton.jit
 def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_ptr, dnf_ptr, dp_ptr,
-                 B, D, C, s_f, s_c, scale, eps, GRAD: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-                 BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+                 B, D, C, s_f, s_c, scale: tl.float64, eps: tl.float64, GRAD: tl.constexpr, PRECISION: tl.constexpr,
+                 ACC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_i = tl.program_id(0)
     pid_j = tl.program_id(1)
+    # float64 parameters (Python floats under the interpreter), rounded once to the kernel's type
+    scale = tl.full((), scale, ACC)
+    eps = tl.full((), eps, ACC)
     if pid_j >= pid_i:
         ri = pid_i * BLOCK + tl.arange(0, BLOCK)
         rj = pid_j * BLOCK + tl.arange(0, BLOCK)
@@ -75,13 +79,13 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
         # Within: w1 = cos2(r_i, r_j) - cos2(f_i, f_j); the clamp's gradient stops where it binds.
         den_ff = nf_i[:, None] * nf_j[None, :]
         d_ff = tl.maximum(den_ff, eps)
-        c_ff = 2.0 * gram / d_ff
-        w1 = tl.where(valid, 2.0 * g_rr / tl.maximum(nr_i[:, None] * nr_j[None, :], eps) - c_ff, 0.0)
+        c_ff = div_rn(2.0 * gram, d_ff)
+        w1 = tl.where(valid, div_rn(2.0 * g_rr, tl.maximum(nr_i[:, None] * nr_j[None, :], eps)) - c_ff, 0.0)
         # Cross: x = cos2(r_i, f_j), xt = cos2(r_j, f_i), w2 = x - xt.
         d_x = tl.maximum(nr_i[:, None] * nf_j[None, :], eps)
         d_xt = tl.maximum(nf_i[:, None] * nr_j[None, :], eps)
-        x = 2.0 * g_x / d_x
-        xt = 2.0 * g_xt / d_xt
+        x = div_rn(2.0 * g_x, d_x)
+        xt = div_rn(2.0 * g_xt, d_xt)
         w2 = tl.where(valid, x - xt, 0.0)
         weight = tl.where(mirrored, 2.0, 1.0)
         tile = (pid_i * tl.num_programs(1) + pid_j) * 2
@@ -89,20 +93,22 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
         tl.store(partial_ptr + tile + 1, weight * tl.sum(tl.sum(w2 * w2, axis=1), axis=0))
 
         if GRAD:
-            grad_gram = w1 * (-8.0 * scale) / d_ff                   # 2 dJ/dgram: both triangles
+            grad_gram = div_rn(w1 * (-8.0 * scale), d_ff)              # 2 dJ/dgram: both triangles
             grad_den = tl.where(den_ff >= eps, -0.5 * grad_gram * c_ff, 0.0)
             g = w2 * (4.0 * scale)                                     # dJ/dx; dJ/dxt = -g
-            grad_x = 2.0 * g / d_x
-            grad_xt = -2.0 * g / d_xt
+            grad_x = div_rn(2.0 * g, d_x)
+            grad_xt = div_rn(-2.0 * g, d_xt)
             den_x_free = nr_i[:, None] * nf_j[None, :] >= eps
             den_xt_free = nf_i[:, None] * nr_j[None, :] >= eps
             dnf_i = tl.sum(grad_den * nf_j[None, :], axis=1)
-            dnf_j = tl.sum(tl.where(den_x_free, -g * x / d_x, 0.0) * nr_i[:, None], axis=0)
+            dnf_j = tl.sum(tl.where(den_x_free, div_rn(-g * x, d_x), 0.0) * nr_i[:, None], axis=0)
             if mirrored:
-                dnf_i += tl.sum(tl.where(den_xt_free, g * xt / d_xt, 0.0) * nr_j[None, :], axis=1)
+                dnf_i += tl.sum(tl.where(den_xt_free, div_rn(g * xt, d_xt), 0.0) * nr_j[None, :], axis=1)
                 dnf_j += tl.sum(grad_den * nf_i[:, None], axis=0)
-            tl.atomic_add(dnf_ptr + ri, dnf_i, mask=i_ok)
-            tl.atomic_add(dnf_ptr + rj, dnf_j, mask=j_ok)
+            # Reductions: no ordering with other memory is needed, so the atomics are relaxed
+            # (Triton's default, acq_rel, fences every one).
+            tl.atomic_add(dnf_ptr + ri, dnf_i, mask=i_ok, sem="relaxed")
+            tl.atomic_add(dnf_ptr + rj, dnf_j, mask=j_ok, sem="relaxed")
 
             for c0 in range(0, C, BLOCK_C):
                 rc = c0 + tl.arange(0, BLOCK_C)
@@ -112,10 +118,10 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
                 off_j = rj[:, None] * s_c + rc[None, :]
                 y_i = tl.load(y_ptr + off_i, mask=m_i, other=0.0)
                 zero = tl.zeros((BLOCK, BLOCK_C), dtype=ACC)
-                tl.atomic_add(dp_ptr + off_j, mma(tl.trans(grad_x), y_i, zero, PRECISION), mask=m_j)
+                tl.atomic_add(dp_ptr + off_j, mma(tl.trans(grad_x), y_i, zero, PRECISION), mask=m_j, sem="relaxed")
                 if mirrored:
                     y_j = tl.load(y_ptr + off_j, mask=m_j, other=0.0)
-                    tl.atomic_add(dp_ptr + off_i, mma(grad_xt, y_j, zero, PRECISION), mask=m_i)
+                    tl.atomic_add(dp_ptr + off_i, mma(grad_xt, y_j, zero, PRECISION), mask=m_i, sem="relaxed")
 
             for d0 in range(0, D, BLOCK_D):
                 rd = d0 + tl.arange(0, BLOCK_D)
@@ -124,15 +130,16 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
                 m_j = j_ok[:, None] & d_ok[None, :]
                 zero = tl.zeros((BLOCK, BLOCK_D), dtype=ACC)
                 f_j = tl.load(f_ptr + rj[:, None] * s_f + rd[None, :], mask=m_j, other=0.0)
-                tl.atomic_add(af_ptr + ri[:, None] * s_f + rd[None, :], mma(grad_gram, f_j, zero, PRECISION), mask=m_i)
+                tl.atomic_add(af_ptr + ri[:, None] * s_f + rd[None, :], mma(grad_gram, f_j, zero, PRECISION), mask=m_i,
+                              sem="relaxed")
                 if mirrored:
                     f_i = tl.load(f_ptr + ri[:, None] * s_f + rd[None, :], mask=m_i, other=0.0)
                     tl.atomic_add(af_ptr + rj[:, None] * s_f + rd[None, :],
-                                  mma(tl.trans(grad_gram), f_i, zero, PRECISION), mask=m_j)
+                                  mma(tl.trans(grad_gram), f_i, zero, PRECISION), mask=m_j, sem="relaxed")
 
 
 @triton.jit
-def _mse_kernel(f_ptr, y_ptr, l_ptr, grad_ptr, partial_ptr, B, D, C, s_f, s_y, s_l, grad_scale,
+def _mse_kernel(f_ptr, y_ptr, l_ptr, grad_ptr, partial_ptr, B, D, C, s_f, s_y, s_l, grad_scale: tl.float64,
                 GRAD: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -152,7 +159,7 @@ def _mse_kernel(f_ptr, y_ptr, l_ptr, grad_ptr, partial_ptr, B, D, C, s_f, s_y, s
     tl.store(partial_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1),
              tl.sum(tl.sum(diff * diff, axis=1), axis=0))
     if GRAD:
-        tl.store(grad_ptr + offsets, grad_scale * diff, mask=mask)
+        tl.store(grad_ptr + offsets, tl.full((), grad_scale, ACC) * diff, mask=mask)
 
 
 def _kinds(t: torch.Tensor) -> dict:

@@ -3,7 +3,8 @@
 One program per block of rows, the whole class row in registers: softmax,
 ``s = sum_c t_c softmax(p)_c``, the loss ``(1 - s^q) / q`` (``-log s`` at q = 0) and
 ``dGCE/dp_c = -s^(q-1) softmax(p)_c (t_c - s) / B`` (the same expression at q = 0),
-so the backward is one scaling. Soft (mixed) and multi-hot targets alike.
+so the backward is one scaling. Soft (mixed) and multi-hot targets alike. All of it in
+float64 whatever the input dtype (below), rounded once on the store.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ MAX_CLASSES = 16384   # one row of classes in one program's registers
 
 
 @triton.jit
-def _gce_kernel(logits_ptr, targets_ptr, loss_ptr, grad_ptr, B, C, s_p, s_t, s_g, q, inv_b,
-                Q_ZERO: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+def _gce_kernel(logits_ptr, targets_ptr, loss_ptr, grad_ptr, B, C, s_p, s_t, s_g, q: tl.float64,
+                inv_b: tl.float64, Q_ZERO: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rc = tl.arange(0, BLOCK_C)
     r_ok = rows < B
@@ -24,21 +25,27 @@ def _gce_kernel(logits_ptr, targets_ptr, loss_ptr, grad_ptr, B, C, s_p, s_t, s_g
     mask = r_ok[:, None] & c_ok[None, :]
     p = tl.load(logits_ptr + rows[:, None] * s_p + rc[None, :], mask=mask, other=0.0)
     t = tl.load(targets_ptr + rows[:, None] * s_t + rc[None, :], mask=mask, other=0.0)
-    p = tl.where(c_ok[None, :], p, float("-inf"))
+    # The softmax in float64 whatever the input: a GPU's float32 tl.exp is ex2.approx.f32 of
+    # x log2(e) (2 ulp, plus |x| 2^-24 from rounding the product) and its `/` div.full.f32 (2 ulp),
+    # where the reference's expf and division are within one rounding. B x C values: small
+    # beside the loss's B x B x D work.
+    p = tl.where(c_ok[None, :], p.to(tl.float64), float("-inf"))
     e = tl.exp(p - tl.max(p, axis=1)[:, None])
     probs = e / tl.sum(e, axis=1)[:, None]
     s = tl.where(r_ok, tl.sum(t * probs, axis=1), 1.0)   # padded rows: keep log and pow finite
-    # Per row, in float64: s^q and s^(q-1) through exp(log) lose |log s| ulps, and 1 - s^q
-    # cancels at small q; in float64 both stay far below float32 rounding, for B values only.
-    log_s = tl.log(s.to(tl.float64))
+    # s^q and s^(q-1) through exp(log) lose |log s| ulps, and 1 - s^q cancels at small q; in
+    # float64 both stay far below float32 rounding. q and 1/B are float64 parameters.
+    log_s = tl.log(s)
     if Q_ZERO:
         loss = -log_s
     else:
         loss = (1.0 - tl.exp(q * log_s)) / q
     # s^(q-1) = 1 at q = 1, also at s = 0 (a target row with no class), where (q - 1) log s is NaN
-    ds = (-tl.exp(tl.where(q == 1.0, 0.0, (q - 1.0) * log_s)) * inv_b).to(probs.dtype)
-    tl.store(loss_ptr + rows, loss.to(probs.dtype), mask=r_ok)
-    tl.store(grad_ptr + rows[:, None] * s_g + rc[None, :], (ds[:, None] * probs) * (t - s[:, None]), mask=mask)
+    ds = -tl.exp(tl.where(q == 1.0, 0.0, (q - 1.0) * log_s)) * inv_b
+    out = grad_ptr.dtype.element_ty
+    tl.store(loss_ptr + rows, loss.to(out), mask=r_ok)
+    grad = (ds[:, None] * probs) * (t - s[:, None])
+    tl.store(grad_ptr + rows[:, None] * s_g + rc[None, :], grad.to(out), mask=mask)
 
 
 def gce_forward(logits: torch.Tensor, targets: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +60,8 @@ def gce_forward(logits: torch.Tensor, targets: torch.Tensor, q: float) -> tuple[
     grad = torch.empty_like(logits)
     _gce_kernel[(triton.cdiv(b, block_b),)](
         logits, targets, loss, grad, b, c, logits.stride(0), targets.stride(0), grad.stride(0),
-        float(q), 1.0 / b, Q_ZERO=q == 0, BLOCK_B=block_b, BLOCK_C=block_c)
+        float(q), 1.0 / b, Q_ZERO=q == 0, BLOCK_B=block_b, BLOCK_C=block_c,
+        num_warps=min(16, max(4, block_c // 1024)))   # float64 rows: 4 warps spill 2.8 KB at C = 16,384
     return loss.mean(), grad
 
 

@@ -1,17 +1,21 @@
 """One Triton GEMM with the prologue and epilogues the encoder's layers need.
 
-``C = gate(A) @ B (+ bias) (ReLU)``, optionally summing each row's squares of C
+``C = gate(A) @ B (+ bias) (ReLU)``, optionally adding each row's sum of squares of C
 into a vector (the L2 norm the encoder's last layer needs next, without another
 pass over C). ``gate(A)`` zeroes A where a same-shaped tensor is <= 0: the ReLU's
 backward applied while A is loaded, so the masked gradient never exists in memory.
 Any strides: the transposed operands of the backward passes are views, not copies.
 
-On a GPU the block shapes are autotuned per (M, N, K); under the Triton
-interpreter (CI on CPUs) one fixed configuration runs, since the interpreter
-cannot autotune.
+On a GPU the block shapes are autotuned per (M, N, K, epilogue flags, precision,
+dtype, operand layout) among the configurations meant for the operands' kind
+(``CONFIGS``: tensor-core float32, strict float32 on the FMA units, float64), after
+dropping those whose shared memory (``smem_estimate``) exceeds the device's, so no
+configuration that cannot launch is ever benchmarked. Under the Triton interpreter
+(CI on CPUs) one fixed configuration runs, since the interpreter cannot autotune.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -22,14 +26,19 @@ from drcl_fast.kernels.precision import dot_precision
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+# Shared memory a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin), by compute capability.
+# At run time the prune reads the running device's own figure; these are for AOT checks (tests, bench tools).
+ARCH_SMEM = {80: 166_912, 90: 232_448}
+
 
 @triton.jit
 def mma(a, b, acc, PRECISION: tl.constexpr):
     """acc + a @ b at the chosen precision ("bf16" rounds the operands, accumulates in float32)."""
+    # out_dtype follows the accumulator: older Triton (3.6) refuses a float64 dot that leaves it float32.
     if PRECISION == "bf16":
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc, out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision=PRECISION)
+        return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -37,6 +46,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, sq_ptr, M, N, K,
                    s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, GATED: tl.constexpr, ROW_SQ: tl.constexpr,
                    PRECISION: tl.constexpr, ACC: tl.constexpr,
+                   A_K_CONTIG: tl.constexpr, B_N_CONTIG: tl.constexpr,   # layout, for the autotune key only
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped order: GROUP_M row blocks share each column block while it is in L2.
     pid = tl.program_id(0)
@@ -68,30 +78,211 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, sq_ptr, M, N, K,
         acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    if ROW_SQ:   # padded columns hold zeros, so they add nothing
-        tl.atomic_add(sq_ptr + rm, tl.sum(acc * acc, axis=1), mask=m_ok)
+    if ROW_SQ:   # padded columns hold zeros, so they add nothing; a sum needs no ordering
+        tl.atomic_add(sq_ptr + rm, tl.sum(acc * acc, axis=1), mask=m_ok, sem="relaxed")
     tl.store(c_ptr + rm[:, None] * s_cm + rn[None, :] * s_cn, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _gpu_configs() -> list[triton.Config]:
-    shapes = [(128, 128, 32, 4, 4), (128, 256, 32, 8, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4),
-              (128, 128, 64, 8, 3), (64, 64, 64, 4, 3)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
-            for m, n, k, w, s in shapes]
+# ---- configurations, their shared memory, and the prune --------------------------------------------------------
+
+def _cfg(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=warps, num_stages=stages)
+
+
+# Per kind of operands, best guess first. Each was compiled for sm_80 and sm_90 at every call site (forward with
+# bias+ReLU, row sums of squares, both gated backward GEMMs, the tail's two plain ones): none spills on sm_90
+# (tests/test_matmul_configs.py; docs/kernels.md has the table). The last of each list fits 99 KB (sm_86/89)
+# by the estimate.
+CONFIGS = {
+    # float32 on the tensor cores, "tf32" and "bf16"
+    "tc": [_cfg(128, 256, 32, 8, 3), _cfg(128, 128, 64, 8, 3), _cfg(128, 128, 32, 8, 4), _cfg(64, 128, 32, 4, 4),
+           _cfg(128, 64, 32, 4, 4), _cfg(64, 64, 64, 4, 3)],
+    # strict float32 ("ieee"): FMA units. A long BLOCK_K spills (on sm_80 64x64x64: 0.9 KB a thread, 128x128x64:
+    # 7.5 KB); 16 keeps even 128x128 tiles spill-free
+    "fma": [_cfg(128, 128, 16, 8, 3), _cfg(64, 128, 16, 8, 3), _cfg(128, 64, 16, 8, 3), _cfg(64, 64, 16, 4, 3)],
+    # float64 (DMMA tensor cores on sm_80+): 8-byte tiles, so short ones
+    "fp64": [_cfg(64, 64, 32, 4, 3), _cfg(64, 64, 16, 4, 4), _cfg(32, 64, 32, 4, 3), _cfg(64, 32, 32, 4, 3)],
+}
+
+
+def config_kind(dtype: torch.dtype, precision: str) -> str:
+    """The key of ``CONFIGS`` for operands of `dtype` multiplied at `precision` (a ``tl.dot`` mode)."""
+    if dtype == torch.float64:
+        return "fp64"
+    return "fma" if precision == "ieee" else "tc"
+
+
+def smem_estimate(config: triton.Config, dtype: torch.dtype, precision: str, gated: bool, arch: int) -> int:
+    """An upper bound on the shared memory (bytes) Triton gives the kernel with `config` on compute capability `arch`.
+
+    A pipeline stage holds the A tile (and the gate's, same shape) and the B tile in the operands' element size
+    (bf16 operands are staged as float32 and rounded in registers). Triton keeps num_stages - 1 stages in shared
+    memory; on sm_90+ the tensor-core kinds (wgmma) keep one more B tile, and one more A tile where A is not gated
+    (a gated A reaches wgmma from registers); the gated FMA path stages the masked A tile once more. Compared with
+    the compiler's own figure (``compile_aot``) for every configuration of ``CONFIGS`` and the six before them, every
+    kind, call site (``CALL_SITES``) and arch 80 and 90: never below it; equal to it for tf32, strict float32 and
+    float64, and for bf16 on sm_80; for bf16 on sm_90 up to 40 % above (that path stages a bf16 copy of B instead
+    of the extra float32 tiles). tests/test_matmul_configs.py checks the kept ones. Other archs: not checked.
+    """
+    size = 8 if dtype == torch.float64 else 4
+    bm, bn, bk = (config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    kind = config_kind(dtype, precision)
+    a_tile, b_tile = bm * bk * size, bk * bn * size
+    extra = 0
+    if arch >= 90 and kind == "tc":
+        extra = b_tile + (0 if gated else a_tile)
+    elif kind == "fma" and gated:
+        extra = a_tile
+    return max(config.num_stages - 1, 1) * (a_tile * (2 if gated else 1) + b_tile) + extra
+
+
+def fits(config: triton.Config, dtype: torch.dtype, precision: str, gated: bool, arch: int,
+         smem_limit: int | None = None) -> bool:
+    """Whether `config` can launch on `arch` (limit: `smem_limit`, else ``ARCH_SMEM[arch]``)."""
+    limit = ARCH_SMEM[arch] if smem_limit is None else smem_limit
+    return smem_estimate(config, dtype, precision, gated, arch) <= limit
+
+
+def kept_configs(dtype: torch.dtype, precision: str, gated: bool, arch: int,
+                 smem_limit: int | None = None) -> list[triton.Config]:
+    """The configurations the launcher benchmarks for these operands on `arch` (the prune's answer)."""
+    return [c for c in CONFIGS[config_kind(dtype, precision)] if fits(c, dtype, precision, gated, arch, smem_limit)]
+
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(index: int) -> tuple[int, int]:
+    props = torch.cuda.get_device_properties(index)
+    return props.major * 10 + props.minor, props.shared_memory_per_block_optin
+
+
+def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """``early_config_prune``: keep the configurations of the operands' kind that fit the running device.
+
+    The device: the operands', else (CPU tensors compiled, not interpreted: bench/kernel_matrix.py's capture under a
+    fake device) the current CUDA device. Under the interpreter only the kind is chosen. Raises where none fits.
+    """
+    a = named_args["a_ptr"]
+    kind = CONFIGS[config_kind(a.dtype, kwargs["PRECISION"])]
+    configs = [c for c in configs if c in kind]
+    if a.device.type == "cuda" and a.device.index is not None:
+        index = a.device.index
+    elif a.device.type != "cuda" and INTERPRET:
+        return configs
+    else:
+        try:
+            index = torch.cuda.current_device()
+        except (AssertionError, RuntimeError):   # no CUDA: nothing to fit; the launch fails on its own
+            return configs
+    arch, limit = _device_limits(index)
+    kept = [c for c in configs if fits(c, a.dtype, kwargs["PRECISION"], kwargs["GATED"], arch, limit)]
+    if not kept:
+        raise RuntimeError(f"no GEMM configuration fits {limit} B of shared memory (sm_{arch}, {a.dtype}, "
+                           f"{kwargs['PRECISION']}, gated={kwargs['GATED']})")
+    return kept
+
+
+class _KeepRowSq:
+    """Autotune hooks: the benchmark runs add into ``row_sq`` too, so it is saved before each and restored after.
+
+    (``reset_to_zero`` would instead wipe what the caller's row_sq held, on the first call per key only.)
+    """
+
+    def __init__(self) -> None:
+        self.saved: torch.Tensor | None = None
+
+    def pre(self, nargs: dict, reset_only: bool = False) -> None:
+        if nargs.get("ROW_SQ") and not reset_only:
+            self.saved = nargs["sq_ptr"].clone()
+
+    def post(self, nargs: dict, exception=None) -> None:
+        if self.saved is not None:
+            nargs["sq_ptr"].copy_(self.saved)
+            self.saved = None
+
+
+AUTOTUNE_KEY = ["M", "N", "K", "HAS_BIAS", "RELU", "GATED", "ROW_SQ", "PRECISION", "ACC", "A_K_CONTIG", "B_N_CONTIG"]
+
+
+def make_launcher(fn=None, configs: list[triton.Config] | None = None, do_bench=None):
+    """The autotuned launcher (the tensors' dtypes join the key by themselves). `fn`, `configs`, `do_bench`: for
+    tests, which build one around the interpreted kernel."""
+    keep = _KeepRowSq()
+    configs = [c for kind in CONFIGS.values() for c in kind] if configs is None else configs
+    unique = list(dict.fromkeys(configs))
+    return triton.autotune(unique, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune_configs},
+                           pre_hook=keep.pre, post_hook=keep.post, do_bench=do_bench)(fn or _matmul_kernel)
+
+
+# The encoder's GEMMs: (HAS_BIAS, RELU, GATED, ROW_SQ, A_K_CONTIG, B_N_CONTIG) as linear_relu and mixup_project
+# call matmul (x W^T: B is W transposed, so K-contiguous; grad^T x: A is M-contiguous).
+CALL_SITES = {
+    "linear_relu forward": (True, True, False, False, True, False),
+    "tail forward (row_sq)": (False, False, False, True, True, False),
+    "linear_relu dx": (False, False, True, False, True, True),
+    "linear_relu dW": (False, False, True, False, False, True),
+    "tail dh": (False, False, False, False, True, True),
+    "tail dW": (False, False, False, False, False, True),
+}
+
+
+def compile_aot(config: triton.Config, dtype: torch.dtype, precision: str, arch: int, site: str = "linear_relu dx",
+                aligned: bool = True):
+    """Compile the kernel for `arch` (80, 90, ...) without a GPU, as a launch at `site` (``CALL_SITES``) would:
+    stride-1 arguments as constants, pointers divisible by 16, and sizes and other strides too where `aligned`
+    (the production shapes; odd test shapes are not). Returns Triton's CompiledKernel
+    (``.metadata.shared``: bytes of shared memory; ``ptxas_usage`` for registers and spills). Not under the
+    interpreter, whose kernel is not compilable."""
+    if INTERPRET:
+        raise RuntimeError("compile_aot needs TRITON_INTERPRET unset")
+    from triton.backends.compiler import GPUTarget
+    has_bias, relu, gated, row_sq, a_k_contig, b_n_contig = CALL_SITES[site]
+    ones = {"s_cn", "s_ak" if a_k_contig else "s_am", "s_bn" if b_n_contig else "s_bk"}
+    constants = dict(HAS_BIAS=has_bias, RELU=relu, GATED=gated, ROW_SQ=row_sq, PRECISION=precision,
+                     ACC=tl.float64 if dtype == torch.float64 else tl.float32, A_K_CONTIG=a_k_contig,
+                     B_N_CONTIG=b_n_contig, **config.kwargs)
+    signature, attrs = {}, {}
+    for i, name in enumerate(_matmul_kernel.arg_names):
+        if name in ones:
+            signature[name], constants[name] = "constexpr", 1
+        elif name in constants:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = ("*fp64" if dtype == torch.float64 else "*fp32") if name.endswith("_ptr") else "i32"
+            if aligned or name.endswith("_ptr"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(_matmul_kernel, signature, constants, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+
+
+def ptxas_usage(kernel, arch: int) -> tuple[int, int]:
+    """(registers a thread, bytes of spill stores a thread) of a ``compile_aot`` kernel, from ``ptxas -v``."""
+    import re
+    import subprocess
+    import tempfile
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        log = subprocess.run([get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={sm_arch_from_capability(arch)}",
+                              ptx, "-o", os.path.join(tmp, "k.o")], capture_output=True, text=True, check=True).stderr
+    return (int(re.search(r"Used (\d+) registers", log).group(1)),
+            int(re.search(r"(\d+) bytes spill stores", log).group(1)))
 
 
 if INTERPRET:
     _launch = _matmul_kernel
     _FIXED = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}
 else:
-    _launch = triton.autotune(_gpu_configs(), key=["M", "N", "K", "GATED", "PRECISION"],
-                              reset_to_zero=["sq_ptr"])(_matmul_kernel)
+    _launch = make_launcher()
     _FIXED = {}
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None = None, relu: bool = False,
            gate: torch.Tensor | None = None, row_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """``gate(a) @ b (+ bias) (ReLU)`` as a new contiguous tensor; ``row_sq`` (M) gains each row's sum of squares.
+    """``gate(a) @ b (+ bias) (ReLU)`` as a new contiguous tensor; ``row_sq`` (M) gains each row's sum of squares
+    (what it held is kept: pass zeros for the sums alone).
 
     ``gate``, when given, has a's shape and strides; a is read as 0 where gate <= 0.
     """
@@ -106,5 +297,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None = None
                   a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
                   HAS_BIAS=bias is not None, RELU=relu, GATED=gate is not None, ROW_SQ=row_sq is not None,
                   PRECISION=dot_precision(a.dtype == torch.float64),
-                  ACC=tl.float64 if a.dtype == torch.float64 else tl.float32, **_FIXED)
+                  ACC=tl.float64 if a.dtype == torch.float64 else tl.float32,
+                  A_K_CONTIG=a.stride(1) == 1, B_N_CONTIG=b.stride(1) == 1, **_FIXED)
     return c

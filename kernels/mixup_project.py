@@ -11,6 +11,13 @@ gradient added in registers), ``df_i = gamma u_i + (1 - gamma) u_pi^-1(i)`` and
 ``dz_i = (df_i - f_i (f_i . df_i)) / |z_i|``; then ``dh = dz W_head`` and ``dW_head = dz^T h``.
 The normalised f is never stored: it is z times the inverse norm, recomputed in registers.
 W is the frozen prior: it gets no gradient.
+
+Any number of classes: they go in chunks of at most CHUNK_C. The forward runs one program per
+(row block, class chunk), each mixing its rows over D for its chunk's logits (the first chunk's
+programs also write f~; with one chunk this is the fused pass above); the backward sums
+``dlogits W^T`` over the chunks within each D chunk. Before, the prior's whole padded class tile
+sat in shared memory: float32 could not launch past C = 256, float64 past 128 (64 on an A100).
+gamma is a float64 parameter and the norms use IEEE division and square root (``rounding.py``).
 """
 from __future__ import annotations
 
@@ -20,21 +27,36 @@ import triton.language as tl
 
 from drcl_fast.kernels.matmul import matmul, mma
 from drcl_fast.kernels.precision import dot_precision
+from drcl_fast.kernels.rounding import div_rn, sqrt_rn
 
 BLOCK_D = 64
+CHUNK_C = 32   # classes per chunk: the forward's grid has one program per (row block, class chunk)
 
 
 @triton.jit
-def _mix_project_fwd(z_ptr, sq_ptr, perm_ptr, w_ptr, mixed_ptr, logits_ptr, B, D, C, gamma,
+def _mix_weights(gamma, ACC: tl.constexpr):
+    """(gamma, 1 - gamma) in ACC. gamma is a float64 parameter (a Python float under the
+    interpreter, which tl.full takes either way): 1 - gamma is formed before the rounding to ACC."""
+    g = tl.full((), gamma, tl.float64)
+    return g.to(ACC), (1.0 - g).to(ACC)
+
+
+@triton.jit
+def _mix_project_fwd(z_ptr, sq_ptr, perm_ptr, w_ptr, mixed_ptr, logits_ptr, B, D, C, gamma: tl.float64,
                      s_z, s_w, s_m, s_l, PRECISION: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Rows of block program_id(0) against the classes of chunk program_id(1): each chunk's program
+    forms the mixed rows over D for its logits; the first chunk's also writes them."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    chunk = tl.program_id(1)
     r_ok = rows < B
     partner = tl.load(perm_ptr + rows, mask=r_ok, other=0)
-    a_i = gamma / tl.sqrt(tl.load(sq_ptr + rows, mask=r_ok, other=1.0))
-    a_j = (1.0 - gamma) / tl.sqrt(tl.load(sq_ptr + partner, mask=r_ok, other=1.0))
-    rc = tl.arange(0, BLOCK_C)
+    g_i, g_j = _mix_weights(gamma, ACC)
+    a_i = div_rn(g_i, sqrt_rn(tl.load(sq_ptr + rows, mask=r_ok, other=1.0)))
+    a_j = div_rn(g_j, sqrt_rn(tl.load(sq_ptr + partner, mask=r_ok, other=1.0)))
+    rc = chunk * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = rc < C
+    writes = rows < tl.where(chunk == 0, B, 0)   # only the first chunk's programs write f~
     acc = tl.zeros((BLOCK_B, BLOCK_C), dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
         rd = d0 + tl.arange(0, BLOCK_D)
@@ -43,60 +65,79 @@ def _mix_project_fwd(z_ptr, sq_ptr, perm_ptr, w_ptr, mixed_ptr, logits_ptr, B, D
         z_i = tl.load(z_ptr + rows[:, None] * s_z + rd[None, :], mask=mask, other=0.0)
         z_j = tl.load(z_ptr + partner[:, None] * s_z + rd[None, :], mask=mask, other=0.0)
         mixed = a_i[:, None] * z_i + a_j[:, None] * z_j
-        tl.store(mixed_ptr + rows[:, None] * s_m + rd[None, :], mixed, mask=mask)
+        tl.store(mixed_ptr + rows[:, None] * s_m + rd[None, :], mixed, mask=writes[:, None] & d_ok[None, :])
         w = tl.load(w_ptr + rd[:, None] * s_w + rc[None, :], mask=d_ok[:, None] & c_ok[None, :], other=0.0)
         acc = mma(mixed, w, acc, PRECISION)
     tl.store(logits_ptr + rows[:, None] * s_l + rc[None, :], acc, mask=r_ok[:, None] & c_ok[None, :])
 
 
 @triton.jit
-def _feature_grad_chunk(dm_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, rc, c_ok, d0, D, dl_mix, gamma,
-                        s_dm, s_z, s_w, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr):
+def _mixed_logit_grad(dl_ptr, rows, inv_rows, r_ok, rc, C, g_i, g_j, s_dl):
+    """gamma dlogits_i + (1 - gamma) dlogits_pi^-1(i) for the classes rc."""
+    l_mask = r_ok[:, None] & (rc < C)[None, :]
+    dl_i = tl.load(dl_ptr + rows[:, None] * s_dl + rc[None, :], mask=l_mask, other=0.0)
+    dl_j = tl.load(dl_ptr + inv_rows[:, None] * s_dl + rc[None, :], mask=l_mask, other=0.0)
+    return g_i * dl_i + g_j * dl_j
+
+
+@triton.jit
+def _feature_grad_chunk(dm_ptr, dl_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, d0, D, C, g_i, g_j, dl_mix,
+                        s_dm, s_dl, s_z, s_w, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_C: tl.constexpr, ONE_CHUNK: tl.constexpr):
     """For the D chunk at d0: (df, z, its columns, its mask), with df = gamma dF~_i + (1 - gamma)
-    dF~_pi^-1(i) + (mixed dlogits) W^T and z the normalised rows."""
+    dF~_pi^-1(i) + (mixed dlogits) W^T and z the normalised rows. With one class chunk the mixed
+    dlogits (`dl_mix`) come formed; else they are loaded chunk by chunk and their products summed."""
     rd = d0 + tl.arange(0, BLOCK_D)
     d_ok = rd < D
     mask = r_ok[:, None] & d_ok[None, :]
-    w_t = tl.load(w_ptr + rd[None, :] * s_w + rc[:, None], mask=d_ok[None, :] & c_ok[:, None], other=0.0)
     dm_i = tl.load(dm_ptr + rows[:, None] * s_dm + rd[None, :], mask=mask, other=0.0)
     dm_j = tl.load(dm_ptr + inv_rows[:, None] * s_dm + rd[None, :], mask=mask, other=0.0)
-    df = mma(dl_mix, w_t, gamma * dm_i + (1.0 - gamma) * dm_j, PRECISION)
+    df = g_i * dm_i + g_j * dm_j
+    if ONE_CHUNK:
+        rc = tl.arange(0, BLOCK_C)
+        w_t = tl.load(w_ptr + rd[None, :] * s_w + rc[:, None], mask=d_ok[None, :] & (rc < C)[:, None], other=0.0)
+        df = mma(dl_mix, w_t, df, PRECISION)
+    else:
+        for c0 in range(0, C, BLOCK_C):
+            rc = c0 + tl.arange(0, BLOCK_C)
+            w_t = tl.load(w_ptr + rd[None, :] * s_w + rc[:, None], mask=d_ok[None, :] & (rc < C)[:, None],
+                          other=0.0)
+            df = mma(_mixed_logit_grad(dl_ptr, rows, inv_rows, r_ok, rc, C, g_i, g_j, s_dl), w_t, df, PRECISION)
     z = tl.load(z_ptr + rows[:, None] * s_z + rd[None, :], mask=mask, other=0.0)
     return df, z, rd, mask
 
 
 @triton.jit
-def _mix_project_bwd(dm_ptr, dl_ptr, z_ptr, sq_ptr, inv_perm_ptr, w_ptr, dz_ptr, B, D, C, gamma,
+def _mix_project_bwd(dm_ptr, dl_ptr, z_ptr, sq_ptr, inv_perm_ptr, w_ptr, dz_ptr, B, D, C, gamma: tl.float64,
                      s_dm, s_dl, s_z, s_w, s_dz, PRECISION: tl.constexpr, ACC: tl.constexpr,
-                     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+                     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+                     ONE_CHUNK: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     r_ok = rows < B
     inv_rows = tl.load(inv_perm_ptr + rows, mask=r_ok, other=0)
-    inv_norm = 1.0 / tl.sqrt(tl.load(sq_ptr + rows, mask=r_ok, other=1.0))
-    rc = tl.arange(0, BLOCK_C)
-    c_ok = rc < C
-    l_mask = r_ok[:, None] & c_ok[None, :]
-    dl_i = tl.load(dl_ptr + rows[:, None] * s_dl + rc[None, :], mask=l_mask, other=0.0)
-    dl_j = tl.load(dl_ptr + inv_rows[:, None] * s_dl + rc[None, :], mask=l_mask, other=0.0)
-    dl_mix = (gamma * dl_i + (1.0 - gamma) * dl_j).to(ACC)
+    inv_norm = div_rn(1.0, sqrt_rn(tl.load(sq_ptr + rows, mask=r_ok, other=1.0)))
+    g_i, g_j = _mix_weights(gamma, ACC)
+    if ONE_CHUNK:   # C <= BLOCK_C: the mixed dlogits once, kept in registers for every D chunk
+        dl_mix = _mixed_logit_grad(dl_ptr, rows, inv_rows, r_ok, tl.arange(0, BLOCK_C), C, g_i, g_j, s_dl)
+    else:
+        dl_mix = g_i   # unused: each D chunk sums over the class chunks
     # Pass 1: f_i . df_i over the whole row; pass 2: dz = (df - f (f . df)) / |z|.
     dot = tl.zeros((BLOCK_B,), dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
-        df, z, rd, mask = _feature_grad_chunk(dm_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, rc, c_ok, d0, D, dl_mix,
-                                              gamma, s_dm, s_z, s_w, PRECISION, BLOCK_D)
+        df, z, rd, mask = _feature_grad_chunk(dm_ptr, dl_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, d0, D, C, g_i, g_j,
+                                              dl_mix, s_dm, s_dl, s_z, s_w, PRECISION, BLOCK_D, BLOCK_C, ONE_CHUNK)
         dot += tl.sum(z * df, axis=1)
     dot = dot * inv_norm
     for d0 in range(0, D, BLOCK_D):
-        df, z, rd, mask = _feature_grad_chunk(dm_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, rc, c_ok, d0, D, dl_mix,
-                                              gamma, s_dm, s_z, s_w, PRECISION, BLOCK_D)
+        df, z, rd, mask = _feature_grad_chunk(dm_ptr, dl_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, d0, D, C, g_i, g_j,
+                                              dl_mix, s_dm, s_dl, s_z, s_w, PRECISION, BLOCK_D, BLOCK_C, ONE_CHUNK)
         dz = (df - z * (inv_norm * dot)[:, None]) * inv_norm[:, None]
         tl.store(dz_ptr + rows[:, None] * s_dz + rd[None, :], dz, mask=mask)
 
 
 def _blocks(c: int) -> tuple[int, int]:
-    """(rows per program, padded C): tl.dot needs 16 at least; wide C takes fewer rows."""
-    block_c = max(16, triton.next_power_of_2(c))
-    return (32 if block_c <= 128 else 16), block_c
+    """(rows per program, classes per chunk): tl.dot needs 16 at least; C > CHUNK_C runs in chunks."""
+    return 32, min(CHUNK_C, max(16, triton.next_power_of_2(c)))
 
 
 def _dtypes(t: torch.Tensor) -> dict:
@@ -115,8 +156,8 @@ def mixup_project_forward(hidden: torch.Tensor, head_weight: torch.Tensor, permu
     logits = torch.empty((b, c), device=z.device, dtype=z.dtype)
     block_b, block_c = _blocks(c)
     prior = prior.contiguous()
-    _mix_project_fwd[(triton.cdiv(b, block_b),)](
-        z, sq, permutation, prior, mixed, logits, b, d, c, gamma,
+    _mix_project_fwd[(triton.cdiv(b, block_b), triton.cdiv(c, block_c))](
+        z, sq, permutation, prior, mixed, logits, b, d, c, float(gamma),
         z.stride(0), prior.stride(0), mixed.stride(0), logits.stride(0),
         BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=block_c, **_dtypes(z))
     return mixed, logits, z, sq
@@ -134,9 +175,10 @@ def mixup_project_backward(d_mixed: torch.Tensor, d_logits: torch.Tensor, hidden
     dz = torch.empty_like(z)
     block_b, block_c = _blocks(c)
     _mix_project_bwd[(triton.cdiv(b, block_b),)](
-        d_mixed, d_logits, z, sq, inverse, prior, dz, b, d, c, gamma,
+        d_mixed, d_logits, z, sq, inverse, prior, dz, b, d, c, float(gamma),
         d_mixed.stride(0), d_logits.stride(0), z.stride(0), prior.stride(0), dz.stride(0),
-        BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=block_c, **_dtypes(z))
+        BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=block_c, ONE_CHUNK=c <= block_c, **_dtypes(z),
+        num_warps=4 if c <= block_c else 8)   # the chunk loop spills 0.4-0.7 KB a thread at 4 warps
     dh = matmul(dz, head_weight) if need_dh else None
     return dh, matmul(dz.t(), hidden)
 

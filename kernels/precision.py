@@ -4,7 +4,9 @@ Operands and outputs stay float32 whatever is chosen; it picks what the tensor
 cores multiply: float32 exactly ("fp32", IEEE products on the CUDA cores),
 TF32 (10-bit mantissas, float32 accumulation) or bfloat16 (float32 accumulation).
 float64 inputs are always multiplied exactly. The PyTorch reference is not
-affected: it follows torch's own settings.
+affected: it follows torch's own settings. The encoder GEMM picks its block
+configurations by the result (kernels/matmul.py ``config_kind``: "fp32" runs on
+the FMA units with short BLOCK_K tiles that do not spill).
 """
 from __future__ import annotations
 

@@ -17,6 +17,64 @@ from drcl_fast.config import DRCLConfig  # noqa: E402
 from drcl_fast.data import load_mfeat  # noqa: E402
 from drcl_fast.retrieval import cpp  # noqa: E402
 
+# A GPU launch passes a Python float kernel argument as a float32 parameter (`.param .f32`),
+# one annotated `x: tl.float64` as float64; the interpreter hands the kernel the Python float
+# itself, exact in float64 arithmetic. DRCL_FAST_GPU_FLOAT_ARGS (on unless "0") makes the
+# interpreter pack them as a GPU does, so a float64 path that needs an exact scalar fails here
+# too, not only on a GPU (docs/kernels.md, "Kernel scalars").
+GPU_FLOAT_ARGS = os.environ.get("DRCL_FAST_GPU_FLOAT_ARGS", "1") != "0"
+
+
+def _pack_float_args_as_a_gpu_does() -> None:
+    """Wrap the interpreter's launch: each Python float argument of a kernel becomes a scalar
+    tensor of its parameter's type, float32 unless annotated (tl.float64, tl.float16, ...)."""
+    import inspect
+
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+    from triton.runtime.jit import _normalize_ty
+
+    if getattr(interpreter.GridExecutor, "_drcl_gpu_float_args", False):
+        return
+    types = {"fp32": (tl.float32, np.float32), "fp64": (tl.float64, np.float64), "fp16": (tl.float16, np.float16)}
+
+    class TypedFloat:
+        """A float argument and the parameter type a GPU launch gives it (until `_implicit_cvt`)."""
+
+        def __init__(self, value: float, name: str):
+            self.value, self.name = value, name
+
+    def implicit_cvt(arg, _original=interpreter._implicit_cvt):
+        if isinstance(arg, TypedFloat):
+            ty, np_type = types[arg.name]
+            return tl.tensor(interpreter.TensorHandle(np.array([arg.value], dtype=np_type), ty), ty)
+        return _original(arg)
+
+    def call(self, *args, _original=interpreter.GridExecutor.__call__, **kwargs):
+        params = list(inspect.signature(self.fn).parameters)
+        notes = {name: _normalize_ty(t) for name, t in inspect.get_annotations(self.fn).items()}
+
+        def pack(name, value):
+            if not isinstance(value, float) or notes.get(name) == "constexpr":
+                return value
+            name_ty = notes.get(name) or "fp32"
+            if name_ty not in types:
+                raise TypeError(f"{self.fn.__name__}: float argument {name} annotated {name_ty}")
+            return TypedFloat(value, name_ty)
+
+        args = [pack(name, value) for name, value in zip(params, args)] + list(args[len(params):])
+        kwargs = {name: pack(name, value) for name, value in kwargs.items()}
+        return _original(self, *args, **kwargs)
+
+    interpreter._implicit_cvt = implicit_cvt
+    interpreter.GridExecutor.__call__ = call
+    interpreter.GridExecutor._drcl_gpu_float_args = True
+
+
+if GPU_FLOAT_ARGS and os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None:
+    _pack_float_args_as_a_gpu_does()
+
 # Set by `make test` and CI: what would otherwise skip tests must be there.
 REQUIRE_EXTENSIONS = os.environ.get("DRCL_FAST_REQUIRE_EXTENSIONS") == "1"
 

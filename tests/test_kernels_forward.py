@@ -85,7 +85,9 @@ def test_linear_relu_gradcheck_and_no_input_gradient(impl):
     assert x.grad is None and w.grad is not None
 
 
-@pytest.mark.parametrize("b, h, d, c", [(1, 16, 16, 2), (7, 100, 130, 3), (130, 64, 100, 200), (64, 16, 256, 10)])
+# C = 200 and 1,000 run in class chunks (mixup_project.CHUNK_C), the last one partial.
+@pytest.mark.parametrize("b, h, d, c", [(1, 16, 16, 2), (7, 100, 130, 3), (130, 64, 100, 200), (64, 16, 256, 10),
+                                        (33, 16, 70, 1000)])
 @pytest.mark.parametrize("gamma", [0.9, 1.0])
 def test_mixup_tail_forward_and_gradients(b, h, d, c, gamma):
     perm = torch.randperm(b, generator=generator(b)).to(DEVICE)
@@ -105,6 +107,43 @@ def test_mixup_tail_gradcheck_and_one_used_output():
     (grad,) = torch.autograd.grad(mixed.sum(), head)
     (want,) = torch.autograd.grad(reference.mixup_project(hidden, head, perm, 0.9, prior)[0].sum(), head)
     torch.testing.assert_close(grad, want)
+
+
+def test_mixup_tail_in_class_chunks_gradcheck(monkeypatch):
+    """Any C: past CHUNK_C the logits go chunk by chunk and dlogits W^T sums over chunks (here
+    16-class chunks, C = 37: two full and a partial one)."""
+    from drcl_fast.kernels import mixup_project
+    monkeypatch.setattr(mixup_project, "CHUNK_C", 16)
+    assert mixup_project._blocks(37)[1] == 16 and mixup_project._blocks(1000)[1] < 1000
+    perm = torch.randperm(5, generator=generator(1)).to(DEVICE)
+    prior = randn(9, 37, seed=2)
+    hidden, head = randn(5, 4, seed=3).requires_grad_(), randn(9, 4, seed=4).requires_grad_()
+    assert torch.autograd.gradcheck(lambda hid, w: MixupProject.apply(hid, w, perm, 0.9, prior), (hidden, head),
+                                    fast_mode=True)
+    want = reference.mixup_project(hidden, head, perm, 0.9, prior)
+    for got, ref in zip(MixupProject.apply(hidden, head, perm, 0.9, prior), want):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_python_float_kernel_arguments_arrive_as_on_a_gpu():
+    """A GPU passes a Python float as a float32 parameter unless it is annotated tl.float64; under the
+    interpreter tests/conftest.py's DRCL_FAST_GPU_FLOAT_ARGS (on by default) packs them alike."""
+    import os
+
+    import triton
+    import triton.language as tl
+    if os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("DRCL_FAST_GPU_FLOAT_ARGS", "1") == "0":
+        pytest.skip("DRCL_FAST_GPU_FLOAT_ARGS=0: the interpreter passes Python floats as they are")
+
+    @triton.jit
+    def widen(out_ptr, plain, wide: tl.float64):
+        one = tl.arange(0, 1)
+        tl.store(out_ptr + one, plain + tl.zeros((1,), tl.float64))
+        tl.store(out_ptr + 1 + one, wide + tl.zeros((1,), tl.float64))
+
+    out = torch.zeros(2, dtype=torch.float64, device=DEVICE)
+    widen[(1,)](out, 0.1, 0.1)
+    assert out.tolist() == [float(torch.tensor(0.1, dtype=torch.float32)), 0.1]
 
 
 def test_encoder_fused_forward_matches_forward_then_mixup():

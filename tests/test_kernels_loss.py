@@ -377,3 +377,56 @@ def test_registered_custom_op_passes_opcheck(engine):
     f, y, logits, pinv = [t.float() for t in batch(7, 16, 3, seed=8)]
     torch.library.opcheck(torch.ops.drcl_fast.drcl_loss_forward.default,
                           (f.requires_grad_(), y, logits.requires_grad_(), pinv, 0.5, engine))
+
+
+# Compiled for sm_90 in a subprocess (the test process runs the interpreter): the float64 variant of
+# each kernel that takes float scalars must take them as .f64 parameters, and the float32 variants
+# must not use the GPU's approximate division, square root or exponential (docs/kernels.md, "What
+# the interpreter does not see"), nor acq_rel atomics for the loss's reductions.
+PTX_PROBE = r'''
+import inspect, json, os, re, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.runtime.jit import _normalize_ty
+from drcl_fast.kernels import drcl_loss, gce, mixup_project as mp
+FLOATS = {"gamma", "scale", "eps", "grad_scale", "q", "inv_b"}   # a GPU launch makes a Python float .f32
+APPROX = r"\b(div\.full\.f32|div\.approx\.f32|sqrt\.approx\.\w+|ex2\.approx\.\w+)"
+out = []
+for dt in ("fp32", "fp64"):
+    acc = tl.float64 if dt == "fp64" else tl.float32
+    prec = "ieee" if dt == "fp64" else "tf32"
+    jobs = [(mp._mix_project_fwd, dict(BLOCK_B=32, BLOCK_D=64, BLOCK_C=32)),
+            (mp._mix_project_bwd, dict(BLOCK_B=32, BLOCK_D=64, BLOCK_C=32, ONE_CHUNK=False)),
+            (drcl_loss._pair_kernel, dict(GRAD=True, BLOCK=64, BLOCK_D=64, BLOCK_C=32)),
+            (drcl_loss._mse_kernel, dict(GRAD=True, BLOCK_B=32, BLOCK_D=64, BLOCK_C=32)),
+            (gce._gce_kernel, dict(Q_ZERO=False, BLOCK_B=4, BLOCK_C=1024))]
+    for fn, consts in jobs:
+        consts = {**{k: v for k, v in (("PRECISION", prec), ("ACC", acc)) if k in fn.arg_names}, **consts}
+        notes = {k: _normalize_ty(v) for k, v in inspect.get_annotations(fn.fn).items()}
+        sig = {n: "constexpr" if n in consts else ("*i64" if "perm" in n else "*" + dt) if n.endswith("_ptr")
+               else notes.get(n) or ("fp32" if n in FLOATS else "i32") for n in fn.arg_names}
+        ptx = triton.compile(triton.compiler.ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        out.append({"kernel": fn.__name__, "dtype": dt, "float_params": re.findall(r"\.param \.(f32|f64) ", ptx),
+                    "approx": sorted(set(re.findall(APPROX, ptx))),
+                    "acq_rel_atomics": len(re.findall(r"\batom\.\S*acq_rel", ptx))})
+print(json.dumps(out))
+'''
+
+
+@needs_triton
+def test_compiled_kernels_take_float64_scalars_and_round_to_nearest():
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", PTX_PROBE], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) == 10
+    for r in results:
+        name = f"{r['kernel']} ({r['dtype']})"
+        assert r["float_params"] and set(r["float_params"]) == {"f64"}, f"{name}: float params {r['float_params']}"
+        if r["dtype"] == "fp32":
+            assert not r["approx"], f"{name}: approximate {r['approx']}"
+        assert r["acq_rel_atomics"] == 0, f"{name}: {r['acq_rel_atomics']} acq_rel atomics"

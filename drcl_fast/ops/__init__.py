@@ -13,7 +13,9 @@ device, but the reference loss where the restructured one does not pay off
 fused paths treat targets, L = W+ and the prior as constants (as RSC does); if one
 of them requires a gradient, the reference runs instead. Under
 ``torch.use_deterministic_algorithms(True)`` "triton" gives way to the next fastest:
-its atomic adds and autotuned blocks are not bitwise reproducible.
+its atomic adds and autotuned blocks are not bitwise reproducible. Before a Triton
+op first runs on a device, its probe (``probes.py``, run by ``drcl_fast.selfcheck``) compares it with
+the reference on a tiny input; a kernel that fails is passed over (``backends.choose``).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from typing import Callable
 
 import torch
 
-from drcl_fast.backends import choose, picks_automatically, say_once
-from drcl_fast.ops import custom_ops, reference, restructured
+from drcl_fast.backends import choose, pick, picks_automatically, say_once
+from drcl_fast.ops import custom_ops, probes, reference, restructured
 from drcl_fast.ops.pinv import prior_pinv
 from drcl_fast.ops.reference import feature_mixup, gce_q, mix_rows
 
@@ -67,7 +69,11 @@ _REGISTRIES = {"gce_loss": _GCE, "drcl_loss": _DRCL_TERMS, "linear_relu": _LINEA
 
 
 def check_backend(backend: str, device: torch.device | str) -> None:
-    """Raise BackendError now, not mid-training, if an op cannot run `backend` on `device`."""
+    """Raise BackendError now, not mid-training, if an op cannot run `backend` on `device`.
+
+    Runs the self-check of every Triton op `backend` would use there, so a failing
+    kernel is known (refused, or passed over with a warning) before training starts.
+    """
     for op, impls in _REGISTRIES.items():
         choose(op, backend, device, impls)
 
@@ -76,12 +82,14 @@ def _pick(op: str, backend: str, device: torch.device, *constants: torch.Tensor)
     impls = _REGISTRIES[op]
     if any(t.requires_grad for t in constants):
         return impls["torch"]
-    fn = choose(op, backend, device, impls)
-    if fn is impls["triton"] and torch.are_deterministic_algorithms_enabled():
+    if pick(op, backend, device, impls) == "triton" and torch.are_deterministic_algorithms_enabled():
         say_once((op, "deterministic"), f"{op}: deterministic algorithms are on, and the Triton kernels add "
                                         f"with atomics and autotune their blocks; using the next fastest")
         return choose(op, "auto", device, impls, exclude={"triton"})
-    return fn
+    return choose(op, backend, device, impls)
+
+
+probes.register(_REGISTRIES)
 
 
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float, backend: str = "auto") -> torch.Tensor:
