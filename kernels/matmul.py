@@ -119,7 +119,7 @@ def smem_estimate(config: triton.Config, dtype: torch.dtype, precision: str, gat
     (bf16 operands are staged as float32 and rounded in registers). Triton keeps num_stages - 1 stages in shared
     memory; on sm_90+ the tensor-core kinds (wgmma) keep one more B tile, and one more A tile where A is not gated
     (a gated A reaches wgmma from registers); the gated FMA path stages the masked A tile once more. Compared with
-    the compiler's own figure (``compile_aot``) for every configuration of ``CONFIGS`` and the six before them, every
+    the compiler's own figure (``tests/gemm_aot.py``) for every configuration of ``CONFIGS`` and the six before them, every
     kind, call site (``CALL_SITES``) and arch 80 and 90: never below it; equal to it for tf32, strict float32 and
     float64, and for bf16 on sm_80; for bf16 on sm_90 up to 40 % above (that path stages a bf16 copy of B instead
     of the extra float32 tiles). tests/test_matmul_configs.py checks the kept ones. Other archs: not checked.
@@ -211,64 +211,6 @@ def make_launcher(fn=None, configs: list[triton.Config] | None = None, do_bench=
     unique = list(dict.fromkeys(configs))
     return triton.autotune(unique, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune_configs},
                            pre_hook=keep.pre, post_hook=keep.post, do_bench=do_bench)(fn or _matmul_kernel)
-
-
-# The encoder's GEMMs: (HAS_BIAS, RELU, GATED, ROW_SQ, A_K_CONTIG, B_N_CONTIG) as linear_relu and mixup_project
-# call matmul (x W^T: B is W transposed, so K-contiguous; grad^T x: A is M-contiguous).
-CALL_SITES = {
-    "linear_relu forward": (True, True, False, False, True, False),
-    "tail forward (row_sq)": (False, False, False, True, True, False),
-    "linear_relu dx": (False, False, True, False, True, True),
-    "linear_relu dW": (False, False, True, False, False, True),
-    "tail dh": (False, False, False, False, True, True),
-    "tail dW": (False, False, False, False, False, True),
-}
-
-
-def compile_aot(config: triton.Config, dtype: torch.dtype, precision: str, arch: int, site: str = "linear_relu dx",
-                aligned: bool = True):
-    """Compile the kernel for `arch` (80, 90, ...) without a GPU, as a launch at `site` (``CALL_SITES``) would:
-    stride-1 arguments as constants, pointers divisible by 16, and sizes and other strides too where `aligned`
-    (the production shapes; odd test shapes are not). Returns Triton's CompiledKernel
-    (``.metadata.shared``: bytes of shared memory; ``ptxas_usage`` for registers and spills). Not under the
-    interpreter, whose kernel is not compilable."""
-    if INTERPRET:
-        raise RuntimeError("compile_aot needs TRITON_INTERPRET unset")
-    from triton.backends.compiler import GPUTarget
-    has_bias, relu, gated, row_sq, a_k_contig, b_n_contig = CALL_SITES[site]
-    ones = {"s_cn", "s_ak" if a_k_contig else "s_am", "s_bn" if b_n_contig else "s_bk"}
-    constants = dict(HAS_BIAS=has_bias, RELU=relu, GATED=gated, ROW_SQ=row_sq, PRECISION=precision,
-                     ACC=tl.float64 if dtype == torch.float64 else tl.float32, A_K_CONTIG=a_k_contig,
-                     B_N_CONTIG=b_n_contig, **config.kwargs)
-    signature, attrs = {}, {}
-    for i, name in enumerate(_matmul_kernel.arg_names):
-        if name in ones:
-            signature[name], constants[name] = "constexpr", 1
-        elif name in constants:
-            signature[name] = "constexpr"
-        else:
-            signature[name] = ("*fp64" if dtype == torch.float64 else "*fp32") if name.endswith("_ptr") else "i32"
-            if aligned or name.endswith("_ptr"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    src = triton.compiler.ASTSource(_matmul_kernel, signature, constants, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-
-
-def ptxas_usage(kernel, arch: int) -> tuple[int, int]:
-    """(registers a thread, bytes of spill stores a thread) of a ``compile_aot`` kernel, from ``ptxas -v``."""
-    import re
-    import subprocess
-    import tempfile
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = os.path.join(tmp, "k.ptx")
-        with open(ptx, "w") as f:
-            f.write(kernel.asm["ptx"])
-        log = subprocess.run([get_ptxas(arch).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={sm_arch_from_capability(arch)}",
-                              ptx, "-o", os.path.join(tmp, "k.o")], capture_output=True, text=True, check=True).stderr
-    return (int(re.search(r"Used (\d+) registers", log).group(1)),
-            int(re.search(r"(\d+) bytes spill stores", log).group(1)))
 
 
 if INTERPRET:

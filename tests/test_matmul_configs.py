@@ -25,6 +25,7 @@ if HAVE_TRITON:
     import triton
 
     from drcl_fast.kernels import matmul as mm
+    from tests import gemm_aot as aot
 
 # (dtype, tl.dot precision) of every kind of operands: float32 in TF32, in bf16, strict (FMA); float64
 KINDS = {"tf32": (torch.float32, "tf32"), "bf16": (torch.float32, "bf16"), "ieee": (torch.float32, "ieee"),
@@ -37,6 +38,7 @@ OLD_SHAPES = [(128, 128, 32, 4, 4), (128, 256, 32, 8, 3), (64, 128, 32, 4, 4), (
 _COMPILE = r"""
 import json, sys, torch
 from drcl_fast.kernels import matmul as mm
+from tests import gemm_aot as aot
 kinds = {"tf32": (torch.float32, "tf32"), "bf16": (torch.float32, "bf16"), "ieee": (torch.float32, "ieee"),
          "fp64": (torch.float64, "ieee")}
 out = []
@@ -48,16 +50,16 @@ for kind, arch in json.loads(sys.argv[1]):
             out.append(dict(kind=kind, arch=arch, config=str(config), site=None))
             continue
         site = "linear_relu dx" if config in gated_kept else "linear_relu forward"   # the larger one kept
-        k = mm.compile_aot(config, dtype, precision, arch, site)
-        regs, spills = mm.ptxas_usage(k, arch) if arch >= 90 else (None, None)
+        k = aot.compile_aot(config, dtype, precision, arch, site)
+        regs, spills = aot.ptxas_usage(k, arch) if arch >= 90 else (None, None)
         out.append(dict(kind=kind, arch=arch, config=str(config), site=site, shared=k.metadata.shared,
                         estimate=mm.smem_estimate(config, dtype, precision, site == "linear_relu dx", arch),
                         regs=regs, spills=spills))
 for kind in kinds:                     # the first-choice configuration of each kind at every call site, sm_90
     dtype, precision = kinds[kind]
     config = mm.kept_configs(dtype, precision, True, 90)[0]
-    for site in mm.CALL_SITES:
-        regs, spills = mm.ptxas_usage(mm.compile_aot(config, dtype, precision, 90, site), 90)
+    for site in aot.CALL_SITES:
+        regs, spills = aot.ptxas_usage(aot.compile_aot(config, dtype, precision, 90, site), 90)
         out.append(dict(kind=kind, arch=90, config=str(config), site=site, default=True, regs=regs, spills=spills))
 print(json.dumps(out))
 """
@@ -90,7 +92,7 @@ def test_nothing_kept_spills_on_sm90(compiled):
     """At aligned (production) shapes: every kept configuration at its largest call site, and each kind's first
     choice at every call site. (Odd sizes lose the divisibility specialisation: up to 60 B on sm_90, docs/kernels.md.)"""
     checked = [r for r in compiled if r["site"] is not None and r["arch"] == 90]
-    assert sum(1 for r in checked if r.get("default")) == len(KINDS) * len(mm.CALL_SITES)
+    assert sum(1 for r in checked if r.get("default")) == len(KINDS) * len(aot.CALL_SITES)
     for r in checked:
         assert r["spills"] == 0, r
         assert r["regs"] <= 255, r
