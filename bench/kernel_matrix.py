@@ -24,7 +24,7 @@ decisions by arch see the arch being compiled for.
 
 CLI::
 
-    python bench/kernel_matrix.py                       # matrix for sm_80 and sm_90, summary
+    python bench/kernel_matrix.py                       # matrix for sm_80, sm_90, sm_100, summary
     python bench/kernel_matrix.py --arch sm_90 --json out.json
     python bench/kernel_matrix.py --table --arch sm_90  # writes bench/results/kernels_sm_90_<date>.md
     python bench/kernel_matrix.py --shapes prod,test --jobs 2
@@ -58,14 +58,17 @@ ARCHS: dict[str, dict[str, Any]] = {
     "sm_90": {"capability": 90, "max_shared": 232_448, "sms": 132, "name": "H100/H200 (sm_90)"},
     "sm_100": {"capability": 100, "max_shared": 232_448, "sms": 148, "name": "B200 (sm_100)"},
 }
-DEFAULT_ARCHS = ("sm_80", "sm_90")
+DEFAULT_ARCHS = ("sm_80", "sm_90", "sm_100")
+# An arch checked at the production shapes' default configs only (the test suite's plan for the newest arch:
+# a full pass would double the matrix's time in CI).
+QUICK_PLAN = {"shapes": "prod", "configs": "lazy"}
 
 # Spill budget of a kernel's default (first-choice) config, in bytes of local memory per
 # thread (what ptxas reports as LOCAL; Triton's CompiledKernel.n_spills is this / 4).
 # 128 B = 32 spilled 32-bit values a thread: at 8 warps, 32 KiB of local memory per
 # block, which stays in L1 next to the block's shared memory and costs a few percent;
-# the known defects spill kilobytes a thread (the pair-loss kernel up to 3.4 KB), whose
-# traffic goes to L2 and DRAM and makes the kernel bound by its own spills.
+# spills of kilobytes a thread (the pair-loss kernel's first tiling: up to 3.4 KB) go to
+# L2 and DRAM and make a kernel bound by its own spills.
 SPILL_BUDGET_BYTES = 128
 
 SHAPE_SETS = ("prod", "test")
@@ -531,6 +534,12 @@ def worker(arch: str, shapes: str, out: str, configs: str = "prod-all") -> None:
     import triton
 
     t0 = time.perf_counter()
+    os.environ.pop("TRITON_INTERPRET", None)
+    unknown = arch_unknown(arch)
+    if unknown:
+        Path(out).write_text(json.dumps({"arch": arch, "triton": triton.__version__, "unknown": unknown,
+                                         "variants": [], "units": []}))
+        return
     rec = capture(arch, shapes)
     t_cap = time.perf_counter() - t0
     by_id = {u["id"]: u for u in rec.units.values()}
@@ -565,9 +574,36 @@ def worker(arch: str, shapes: str, out: str, configs: str = "prod-all") -> None:
 # --------------------------------------------------------------------------------------
 # Orchestration (subprocess per arch) and checks.
 
+def arch_unknown(arch: str) -> str | None:
+    """Why the installed Triton cannot compile for `arch` (a one-line kernel is tried), or None if it can.
+
+    In a process without TRITON_INTERPRET (a worker's), where ``triton.jit`` gives compilable kernels."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    @triton.jit
+    def _probe(x_ptr):
+        tl.store(x_ptr, 1.0)
+
+    try:
+        triton.compile(triton.compiler.ASTSource(_probe, {"x_ptr": "*fp32"}, {}),
+                       target=GPUTarget("cuda", ARCHS[arch]["capability"], 32))
+    except Exception as exc:   # noqa: BLE001 - any failure means "not this Triton"
+        lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()] or [""]
+        why = next((line for line in lines if "fatal" in line), lines[0])   # ptxas's own line, where it refused
+        return f"Triton {triton.__version__} cannot compile for {arch}: {type(exc).__name__}: {why[:300]}"
+    return None
+
+
 def run_matrix(archs=DEFAULT_ARCHS, shapes: str = "prod,test", jobs: int = 2, python: str | None = None,
-               cache_dir: str | None = None, timeout: float = 3600, configs: str = "prod-all") -> dict[str, dict]:
-    """{arch: results} from one fresh subprocess per arch, `jobs` at a time."""
+               cache_dir: str | None = None, timeout: float = 3600, configs: str = "prod-all",
+               per_arch: dict[str, dict[str, str]] | None = None) -> dict[str, dict]:
+    """{arch: results} from one fresh subprocess per arch, `jobs` at a time.
+
+    `per_arch` overrides `shapes` and `configs` for some archs, e.g. ``{"sm_100": {"shapes": "prod",
+    "configs": "lazy"}}`` for an arch checked at the production shapes' default configs only.
+    """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # 3.9 warns when unset; 1 is its current default
@@ -581,10 +617,11 @@ def run_matrix(archs=DEFAULT_ARCHS, shapes: str = "prod,test", jobs: int = 2, py
     while pending or running:
         while pending and len(running) < max(1, jobs):
             arch = pending.pop(0)
+            plan = {"shapes": shapes, "configs": configs, **(per_arch or {}).get(arch, {})}
             path = os.path.join(tmp, f"{arch}.json")
             proc = subprocess.Popen([python or sys.executable, str(Path(__file__).resolve()), "--worker", arch,
-                                     "--shapes", shapes, "--configs", configs, "--json", path], env=env, cwd=str(ROOT),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     "--shapes", plan["shapes"], "--configs", plan["configs"], "--json", path],
+                                    env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             running.append((arch, proc, path))
         arch, proc, path = running.pop(0)
         log, _ = proc.communicate(timeout=timeout)
@@ -617,6 +654,8 @@ def failures(result: dict, spill_budget: int = SPILL_BUDGET_BYTES) -> list[dict]
     if result.get("worker_failed"):
         return [{"arch": arch, "kernel": "*", "check": "worker", "detail": result.get("log", "")[-2000:],
                  "variant": None}]
+    if result.get("unknown"):   # nothing to check: this Triton does not target the arch
+        return []
     units = {u["id"]: u for u in result["units"]}
     limit = result["max_shared"]
     out = [{"arch": arch, "kernel": e["kernel"], "check": "capture", "variant": None,
@@ -755,6 +794,9 @@ def main(argv: list[str] | None = None) -> int:
     results = run_matrix(archs, a.shapes, a.jobs, cache_dir=a.cache_dir, configs=a.configs)
     wall = time.perf_counter() - t0
     all_fail = [f for r in results.values() for f in failures(r)]
+    for r in results.values():
+        if r.get("unknown"):
+            print(f"skipped: {r['unknown']}")
     for f in all_fail:
         print(describe(f))
     c = counts(results)
@@ -766,8 +808,8 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         day = datetime.date.today().isoformat()
         for arch, r in results.items():
-            if r.get("worker_failed"):
-                print(f"{arch}: worker failed:\n{r['log']}")
+            if r.get("worker_failed") or r.get("unknown"):
+                print(f"{arch}: no table: " + (r.get("unknown") or f"worker failed:\n{r['log']}"))
                 continue
             path = RESULTS / f"{a.table_prefix}_{arch}_{day}.md"
             path.write_text(table(r))

@@ -28,10 +28,18 @@ from drcl_fast.kernels.precision import dot_precision
 from drcl_fast.kernels.rounding import div_rn
 
 COS_EPS = 1e-6   # reference.COS_EPS; kernels import nothing from the layers above them
-PAIR_BLOCK = 128 if INTERPRET else 64   # the interpreter pays per program: fewer, larger tiles
 BLOCK_D = 128 if INTERPRET else 64
 BLOCK_C = 32
-PAIR_WARPS = 8
+# The pair kernel's (BLOCK, BLOCK_D, BLOCK_C, num_warps) per kind of product: the largest tiles that neither
+# spill nor overflow shared memory (docs/kernel_resources.md). Tensor-core products differ by arch: from sm_90
+# on, 64 x 64 tiles fit in registers; on sm_80 they spill. The FMA products ("ieee": float32 under "fp32", and
+# float64) hold their operand panels in registers, hence the short panels.
+PAIR_CONFIGS = {
+    ("tf32", "sm_90+"): (64, 64, 16, 8), ("bf16", "sm_90+"): (64, 64, 16, 8),
+    ("tf32", "sm_80"): (32, 64, 16, 4), ("bf16", "sm_80"): (32, 64, 16, 4),
+    ("ieee32", "any"): (64, 16, 8, 8), ("ieee64", "any"): (32, 32, 16, 4),
+}
+INTERPRET_PAIR_CONFIG = (128, 128, 32, None)   # the interpreter pays per program: fewer, larger tiles
 
 
 @triton.jit
@@ -48,6 +56,18 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
         rj = pid_j * BLOCK + tl.arange(0, BLOCK)
         i_ok = ri < B
         j_ok = rj < B
+        nf_i = tl.load(nf_ptr + ri, mask=i_ok, other=0.0)
+        nf_j = tl.load(nf_ptr + rj, mask=j_ok, other=0.0)
+        nr_i = tl.load(nr_ptr + ri, mask=i_ok, other=0.0)
+        nr_j = tl.load(nr_ptr + rj, mask=j_ok, other=0.0)
+        valid = i_ok[:, None] & j_ok[None, :]
+        mirrored = pid_i != pid_j
+        weight = tl.where(mirrored, 2.0, 1.0)
+        tile = (pid_i * tl.num_programs(1) + pid_j) * 2
+        # Two phases, within then cross, each with its own tiles: the registers hold one
+        # phase's BLOCK x BLOCK tiles at a time (both at once spill).
+
+        # Within: w1 = cos2(r_i, r_j) - cos2(f_i, f_j); the clamp's gradient stops where it binds.
         gram = tl.zeros((BLOCK, BLOCK), dtype=ACC)
         for d0 in range(0, D, BLOCK_D):
             rd = d0 + tl.arange(0, BLOCK_D)
@@ -56,6 +76,39 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
             f_j = tl.load(f_ptr + rj[:, None] * s_f + rd[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0)
             gram = mma(f_i, tl.trans(f_j), gram, PRECISION)
         g_rr = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            rc = c0 + tl.arange(0, BLOCK_C)
+            yk_i = tl.load(yk_ptr + ri[:, None] * s_c + rc[None, :], mask=i_ok[:, None] & (rc[None, :] < C), other=0.0)
+            y_j = tl.load(y_ptr + rj[:, None] * s_c + rc[None, :], mask=j_ok[:, None] & (rc[None, :] < C), other=0.0)
+            g_rr = mma(yk_i, tl.trans(y_j), g_rr, PRECISION)
+        den_ff = nf_i[:, None] * nf_j[None, :]
+        d_ff = tl.maximum(den_ff, eps)
+        c_ff = div_rn(2.0 * gram, d_ff)
+        w1 = tl.where(valid, div_rn(2.0 * g_rr, tl.maximum(nr_i[:, None] * nr_j[None, :], eps)) - c_ff, 0.0)
+        tl.store(partial_ptr + tile, weight * tl.sum(tl.sum(w1 * w1, axis=1), axis=0))
+        if GRAD:
+            grad_gram = div_rn(w1 * (-8.0 * scale), d_ff)              # 2 dJ/dgram: both triangles
+            grad_den = tl.where(den_ff >= eps, -0.5 * grad_gram * c_ff, 0.0)
+            # A diagonal tile holds both triangles: its row sums already count each pair's two halves.
+            dnf_i = tl.sum(grad_den * nf_j[None, :], axis=1)
+            dnf_j = tl.where(mirrored, tl.sum(grad_den * nf_i[:, None], axis=0), 0.0)
+            for d0 in range(0, D, BLOCK_D):
+                rd = d0 + tl.arange(0, BLOCK_D)
+                d_ok = rd < D
+                m_i = i_ok[:, None] & d_ok[None, :]
+                m_j = j_ok[:, None] & d_ok[None, :]
+                zero = tl.zeros((BLOCK, BLOCK_D), dtype=ACC)
+                f_j = tl.load(f_ptr + rj[:, None] * s_f + rd[None, :], mask=m_j, other=0.0)
+                # Reductions: no ordering with other memory is needed, so the atomics are relaxed
+                # (Triton's default, acq_rel, fences every one).
+                tl.atomic_add(af_ptr + ri[:, None] * s_f + rd[None, :], mma(grad_gram, f_j, zero, PRECISION), mask=m_i,
+                              sem="relaxed")
+                if mirrored:
+                    f_i = tl.load(f_ptr + ri[:, None] * s_f + rd[None, :], mask=m_i, other=0.0)
+                    tl.atomic_add(af_ptr + rj[:, None] * s_f + rd[None, :],
+                                  mma(tl.trans(grad_gram), f_i, zero, PRECISION), mask=m_j, sem="relaxed")
+
+        # Cross: x = cos2(r_i, f_j), xt = cos2(r_j, f_i), w2 = x - xt.
         g_x = tl.zeros((BLOCK, BLOCK), dtype=ACC)
         g_xt = tl.zeros((BLOCK, BLOCK), dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
@@ -64,52 +117,27 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
             m_j = j_ok[:, None] & (rc[None, :] < C)
             off_i = ri[:, None] * s_c + rc[None, :]
             off_j = rj[:, None] * s_c + rc[None, :]
-            y_j = tl.load(y_ptr + off_j, mask=m_j, other=0.0)
-            g_rr = mma(tl.load(yk_ptr + off_i, mask=m_i, other=0.0), tl.trans(y_j), g_rr, PRECISION)
             g_x = mma(tl.load(y_ptr + off_i, mask=m_i, other=0.0),
                       tl.trans(tl.load(p_ptr + off_j, mask=m_j, other=0.0)), g_x, PRECISION)
-            g_xt = mma(tl.load(p_ptr + off_i, mask=m_i, other=0.0), tl.trans(y_j), g_xt, PRECISION)
-        nf_i = tl.load(nf_ptr + ri, mask=i_ok, other=0.0)
-        nf_j = tl.load(nf_ptr + rj, mask=j_ok, other=0.0)
-        nr_i = tl.load(nr_ptr + ri, mask=i_ok, other=0.0)
-        nr_j = tl.load(nr_ptr + rj, mask=j_ok, other=0.0)
-        valid = i_ok[:, None] & j_ok[None, :]
-        mirrored = pid_i != pid_j
-
-        # Within: w1 = cos2(r_i, r_j) - cos2(f_i, f_j); the clamp's gradient stops where it binds.
-        den_ff = nf_i[:, None] * nf_j[None, :]
-        d_ff = tl.maximum(den_ff, eps)
-        c_ff = div_rn(2.0 * gram, d_ff)
-        w1 = tl.where(valid, div_rn(2.0 * g_rr, tl.maximum(nr_i[:, None] * nr_j[None, :], eps)) - c_ff, 0.0)
-        # Cross: x = cos2(r_i, f_j), xt = cos2(r_j, f_i), w2 = x - xt.
+            g_xt = mma(tl.load(p_ptr + off_i, mask=m_i, other=0.0),
+                       tl.trans(tl.load(y_ptr + off_j, mask=m_j, other=0.0)), g_xt, PRECISION)
         d_x = tl.maximum(nr_i[:, None] * nf_j[None, :], eps)
         d_xt = tl.maximum(nf_i[:, None] * nr_j[None, :], eps)
         x = div_rn(2.0 * g_x, d_x)
         xt = div_rn(2.0 * g_xt, d_xt)
         w2 = tl.where(valid, x - xt, 0.0)
-        weight = tl.where(mirrored, 2.0, 1.0)
-        tile = (pid_i * tl.num_programs(1) + pid_j) * 2
-        tl.store(partial_ptr + tile, weight * tl.sum(tl.sum(w1 * w1, axis=1), axis=0))
         tl.store(partial_ptr + tile + 1, weight * tl.sum(tl.sum(w2 * w2, axis=1), axis=0))
-
         if GRAD:
-            grad_gram = div_rn(w1 * (-8.0 * scale), d_ff)              # 2 dJ/dgram: both triangles
-            grad_den = tl.where(den_ff >= eps, -0.5 * grad_gram * c_ff, 0.0)
             g = w2 * (4.0 * scale)                                     # dJ/dx; dJ/dxt = -g
-            grad_x = div_rn(2.0 * g, d_x)
-            grad_xt = div_rn(-2.0 * g, d_xt)
             den_x_free = nr_i[:, None] * nf_j[None, :] >= eps
-            den_xt_free = nf_i[:, None] * nr_j[None, :] >= eps
-            dnf_i = tl.sum(grad_den * nf_j[None, :], axis=1)
-            dnf_j = tl.sum(tl.where(den_x_free, div_rn(-g * x, d_x), 0.0) * nr_i[:, None], axis=0)
+            dnf_j += tl.sum(tl.where(den_x_free, div_rn(-g * x, d_x), 0.0) * nr_i[:, None], axis=0)
+            grad_x = div_rn(2.0 * g, d_x)
             if mirrored:
+                den_xt_free = nf_i[:, None] * nr_j[None, :] >= eps
                 dnf_i += tl.sum(tl.where(den_xt_free, div_rn(g * xt, d_xt), 0.0) * nr_j[None, :], axis=1)
-                dnf_j += tl.sum(grad_den * nf_i[:, None], axis=0)
-            # Reductions: no ordering with other memory is needed, so the atomics are relaxed
-            # (Triton's default, acq_rel, fences every one).
+            grad_xt = div_rn(-2.0 * g, d_xt)
             tl.atomic_add(dnf_ptr + ri, dnf_i, mask=i_ok, sem="relaxed")
             tl.atomic_add(dnf_ptr + rj, dnf_j, mask=j_ok, sem="relaxed")
-
             for c0 in range(0, C, BLOCK_C):
                 rc = c0 + tl.arange(0, BLOCK_C)
                 m_i = i_ok[:, None] & (rc[None, :] < C)
@@ -122,20 +150,6 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
                 if mirrored:
                     y_j = tl.load(y_ptr + off_j, mask=m_j, other=0.0)
                     tl.atomic_add(dp_ptr + off_i, mma(grad_xt, y_j, zero, PRECISION), mask=m_i, sem="relaxed")
-
-            for d0 in range(0, D, BLOCK_D):
-                rd = d0 + tl.arange(0, BLOCK_D)
-                d_ok = rd < D
-                m_i = i_ok[:, None] & d_ok[None, :]
-                m_j = j_ok[:, None] & d_ok[None, :]
-                zero = tl.zeros((BLOCK, BLOCK_D), dtype=ACC)
-                f_j = tl.load(f_ptr + rj[:, None] * s_f + rd[None, :], mask=m_j, other=0.0)
-                tl.atomic_add(af_ptr + ri[:, None] * s_f + rd[None, :], mma(grad_gram, f_j, zero, PRECISION), mask=m_i,
-                              sem="relaxed")
-                if mirrored:
-                    f_i = tl.load(f_ptr + ri[:, None] * s_f + rd[None, :], mask=m_i, other=0.0)
-                    tl.atomic_add(af_ptr + rj[:, None] * s_f + rd[None, :],
-                                  mma(tl.trans(grad_gram), f_i, zero, PRECISION), mask=m_j, sem="relaxed")
 
 
 @triton.jit
@@ -167,18 +181,30 @@ def _kinds(t: torch.Tensor) -> dict:
     return {"PRECISION": dot_precision(wide), "ACC": tl.float64 if wide else tl.float32}
 
 
+def pair_config(features: torch.Tensor, precision: str) -> tuple[int, int, int, int | None]:
+    """The ``PAIR_CONFIGS`` entry for a launch on `features`' GPU at dot `precision`."""
+    if INTERPRET:
+        return INTERPRET_PAIR_CONFIG
+    if precision == "ieee":
+        return PAIR_CONFIGS[("ieee64" if features.dtype == torch.float64 else "ieee32", "any")]
+    major, _ = torch.cuda.get_device_capability(features.device)
+    return PAIR_CONFIGS[(precision, "sm_90+" if major >= 9 else "sm_80")]
+
+
 def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """B^2 J_D, and AF, dnf, dP for :func:`assemble_feature_grad` (zeros without `need_grad`)."""
     (b, d), c = features.shape, targets.shape[1]
-    blocks = triton.cdiv(b, PAIR_BLOCK)
+    kinds = _kinds(features)
+    block, block_d, block_c, warps = pair_config(features, kinds["PRECISION"])
+    extra = {} if warps is None else {"num_warps": warps}
+    blocks = triton.cdiv(b, block)
     partial = features.new_zeros(blocks * blocks * 2)
     af, dnf, dp = torch.zeros_like(features), torch.zeros_like(cs.nf), torch.zeros_like(cs.p)
-    extra = {} if INTERPRET else {"num_warps": PAIR_WARPS}
     _pair_kernel[(blocks, blocks)](
         features, targets, cs.p, cs.yk, cs.nf, cs.nr, partial, af, dnf, dp, b, d, c,
         features.stride(0), targets.stride(0), 1.0 / b ** 2, COS_EPS, GRAD=need_grad,
-        BLOCK=PAIR_BLOCK, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, **_kinds(features), **extra)
+        BLOCK=block, BLOCK_D=block_d, BLOCK_C=block_c, **kinds, **extra)
     return partial.sum(), af, dnf, dp
 
 

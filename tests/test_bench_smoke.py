@@ -80,3 +80,9 @@ def test_gpu_suite_map_section_smoke():
     rows = [line for line in out.splitlines() if line.startswith("| gpu_map |")]
     assert len(rows) >= 1 + 6 + 6 + 1, out
     assert "FAIL" not in out and "| ok |" in rows[0]
+
+
+@pytest.mark.skipif(not triton_backend.AVAILABLE, reason="triton is not installed")
+def test_gpu_suite_kernel_section_smoke():
+    out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_kernels", env={"TRITON_INTERPRET": "1"})
+    assert "| gpu_kernels | resource summary | n/a | the interpreter compiles nothing |" in out, out

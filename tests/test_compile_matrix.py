@@ -3,18 +3,15 @@
 The interpreter the other kernel tests run under hides shared-memory limits, register
 spills and argument specialisation. ``bench/kernel_matrix.py`` captures the launches
 the launchers in ``kernels/`` make at the production and test shapes (nothing runs),
-and compiles them ahead of time for sm_80 and sm_90 with the wheel's ptxas, on the CPU
-(docs/kernel_resources.md). Checked per variant (kernel x specialisation x arch):
+and compiles them ahead of time for sm_80 and sm_90 at every shape, and for sm_100 (where the
+installed Triton targets it) at the production shapes' default configs, with the wheel's ptxas,
+on the CPU (docs/kernel_resources.md). Checked per variant (kernel x specialisation x arch):
 
 - ``capture``: every launcher could be called and its launches bound;
 - ``compile``: every config the launcher would keep compiles;
 - ``smem``: at least one kept config fits the arch's shared memory per block;
 - ``spill``: the default (first-choice) config of a variant a production shape reaches
   stays within ``SPILL_BUDGET_BYTES`` of local memory per thread (kernel_matrix.py says why).
-
-Known defects, being fixed in parallel, are listed in ``KNOWN_DEFECTS``: each is its own
-``xfail(strict=True)`` test, which starts failing (XPASS) the day its fix lands, so its
-entry can be deleted; the per-(check, arch) tests fail on anything not listed there.
 
 Cold, the matrix takes minutes on a 2-core machine (ptxas); Triton's on-disk cache
 (TRITON_CACHE_DIR, default ~/.triton/cache) makes a rerun take seconds. Set
@@ -23,9 +20,10 @@ next ones until one fits) for a quicker cold run, or =all for every kept config.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -45,93 +43,59 @@ def _load_matrix():
 
 km = _load_matrix()
 
-ARCHS = ("sm_80", "sm_90")
+ARCHS = ("sm_80", "sm_90", "sm_100")
+REQUIRED_ARCHS = ("sm_80", "sm_90")   # A100, H100/H200; sm_100 (B200) where the installed Triton targets it
+PER_ARCH = {"sm_100": km.QUICK_PLAN}   # sm_80 and sm_90 at every shape; sm_100 at the production shapes
 CHECKS = ("capture", "compile", "smem", "spill")
 KERNELS = ("_matmul_kernel", "_mix_project_fwd", "_mix_project_bwd", "_pair_kernel", "_mse_kernel",
            "_gce_kernel", "_topk_kernel", "_walk_kernel")
 CONFIGS = os.environ.get("DRCL_KERNEL_MATRIX_CONFIGS", "prod-all")
 
 
-@dataclasses.dataclass(frozen=True)
-class Defect:
-    """A known failing check: `check` on `arch` for variants of `kernel` matching `match`."""
-
-    id: str
-    arch: str
-    kernel: str
-    check: str
-    match: tuple = ()        # ((field, value), ...) on the variant: dtype, precision, prod, or a flag name
-    reason: str = ""
-
-    def matches(self, f: dict) -> bool:
-        if (f["arch"], f["kernel"], f["check"]) != (self.arch, self.kernel, self.check):
-            return False
-        v = f.get("variant") or {}
-        fields = {"dtype": v.get("dtype"), "precision": v.get("precision"), "prod": km.is_prod(v) if v else None,
-                  **v.get("flags", {})}
-        return all(fields.get(k) == want for k, want in self.match)
-
-
-# What fails on the day this file was written (Triton 3.9, 2026-12-01, after the GEMM configs' per-arch
-# prune and the Mixup tail's class chunks landed): the pair-loss kernel's spills, issue 10. Delete an entry
-# when its test XPASSes.
-_PAIR_SPILL = ("pair-loss kernel (_pair_kernel: 64x64 pair tiles, BLOCK_D 64, 8 warps) runs at the 255-register "
-               "ceiling and spills beyond the budget in its default (only) config")
-_PAIR_SPILLING = {"sm_80": [("float32", "tf32"), ("float32", "ieee"), ("float32", "bf16"), ("float64", "ieee")],
-                  "sm_90": [("float32", "tf32"), ("float32", "ieee"), ("float32", "bf16"), ("float64", "ieee")]}
-
-
-def _defects() -> list[Defect]:
-    return [Defect(f"{arch}-_pair_kernel-{dt}-{pr}-spill", arch, "_pair_kernel", "spill",
-                   (("dtype", dt), ("precision", pr)), _PAIR_SPILL)
-            for arch, rows in _PAIR_SPILLING.items() for dt, pr in rows]
-
-
-KNOWN_DEFECTS: list[Defect] = _defects()
-
-
-def _known(f: dict) -> Defect | None:
-    return next((d for d in KNOWN_DEFECTS if d.matches(f)), None)
-
-
 @pytest.fixture(scope="module")
 def matrix():
     t0 = time.perf_counter()
-    results = km.run_matrix(ARCHS, shapes="prod,test", jobs=2, configs=CONFIGS)
+    results = km.run_matrix(ARCHS, shapes="prod,test", jobs=2, configs=CONFIGS, per_arch=PER_ARCH)
     c = km.counts(results)
     c["seconds"] = round(time.perf_counter() - t0, 1)
     fails = {arch: km.failures(r) for arch, r in results.items()}
     return results, fails, c
 
 
-def test_matrix_covers_every_kernel_on_every_arch(matrix, capsys):
-    results, fails, c = matrix
+def _result(results: dict, arch: str) -> dict:
+    r = results[arch]
+    assert not r.get("worker_failed"), f"{arch}: the matrix worker failed:\n{r.get('log')}"
+    if r.get("unknown"):
+        if arch in REQUIRED_ARCHS:
+            pytest.fail(r["unknown"])
+        pytest.skip(r["unknown"])
+    return r
+
+
+def test_matrix_summary(matrix, capsys):
+    _, fails, c = matrix
     with capsys.disabled():
         print(f"\ncompile matrix: {c['variants']} variants, {c['configs_compiled']} configs compiled "
               f"({c['configs_pruned']} pruned by the launchers), {c['archs']} archs, {c['launches']} launches "
               f"captured, {c['seconds']} s; failing checks: "
               + ", ".join(f"{a} {len(f)}" for a, f in fails.items()))
-    for arch in ARCHS:
-        r = results[arch]
-        assert not r.get("worker_failed"), f"{arch}: the matrix worker failed:\n{r.get('log')}"
-        found = {v["kernel"] for v in r["variants"]}
-        assert set(KERNELS) <= found, f"{arch}: no launch captured for {sorted(set(KERNELS) - found)}"
+    assert set(fails) == set(ARCHS)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_matrix_covers_every_kernel(matrix, arch):
+    results, _, _ = matrix
+    found = {v["kernel"] for v in _result(results, arch)["variants"]}
+    assert set(KERNELS) <= found, f"{arch}: no launch captured for {sorted(set(KERNELS) - found)}"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("check", CHECKS)
-def test_no_unexpected_failures(matrix, check, arch):
-    _, fails, _ = matrix
-    new = [f for f in fails[arch] if f["check"] == check and _known(f) is None]
+def test_every_variant_passes(matrix, check, arch):
+    results, fails, _ = matrix
+    _result(results, arch)
+    new = [f for f in fails[arch] if f["check"] == check]
     assert not new, f"{len(new)} variant(s) fail the {check!r} check on {arch}:\n" + "\n".join(map(km.describe, new))
-
-
-@pytest.mark.parametrize("defect", [pytest.param(d, id=d.id, marks=pytest.mark.xfail(strict=True, reason=d.reason))
-                                    for d in KNOWN_DEFECTS])
-def test_known_defect_is_fixed(matrix, defect):
-    _, fails, _ = matrix
-    still = [f for f in fails[defect.arch] if defect.matches(f)]
-    assert not still, f"{defect.id}: {len(still)} variant(s) still fail:\n" + "\n".join(map(km.describe, still))
 
 
 def test_failure_report_names_kernel_variant_and_arch():
@@ -154,3 +118,32 @@ def test_failure_report_names_kernel_variant_and_arch():
     for e in v["configs"]:   # a prune hook that keeps nothing (or refuses): no config fits
         e["kept"] = False
     assert [f["check"] for f in km.failures(result)] == ["smem"]
+
+
+def test_an_arch_this_triton_cannot_target_is_skipped_with_the_reason_unless_required():
+    probe = ("import importlib.util; spec = importlib.util.spec_from_file_location('km', 'bench/kernel_matrix.py'); "
+             "km = importlib.util.module_from_spec(spec); spec.loader.exec_module(km); "
+             "km.ARCHS['sm_20'] = dict(km.ARCHS['sm_80'], capability=20); "
+             "print(km.arch_unknown('sm_90')); print(km.arch_unknown('sm_20'))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout.splitlines()   # Triton also prints its PTX dump
+    assert out[0] == "None"
+    why = out[-1]
+    assert why.startswith("Triton ") and "cannot compile for sm_20" in why and "'sm_20' is not defined" in why
+    unknown = {"arch": "sm_100", "unknown": why, "variants": [], "units": []}
+    assert km.failures(unknown) == []
+    with pytest.raises(pytest.skip.Exception, match="cannot compile"):
+        _result({"sm_100": unknown}, "sm_100")
+    with pytest.raises(pytest.fail.Exception, match="cannot compile"):
+        _result({"sm_90": dict(unknown, arch="sm_90")}, "sm_90")
+
+
+def test_the_gpu_suite_reports_every_kernel_the_matrix_compiles():
+    """bench/gpu_kernels.py (the suite's resource summary on a card) walks the same kernels, once each."""
+    probe = ("import gpu_kernels; print(' '.join(name.split('.')[1] for name, _ in gpu_kernels._jit_functions()))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # jit gives JITFunctions
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "bench")])
+    names = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300, check=True).stdout.split()
+    assert set(KERNELS) <= set(names) and len(names) == len(set(names)), names

@@ -165,6 +165,29 @@ def test_float64_matches_the_reference(engine, shape):
     assert_float64_equal(outputs(loss_fn(engine), *x64, 1.0), outputs(reference.drcl_loss_terms, *x64, 1.0), NAMES)
 
 
+def _pair_configs() -> list:
+    if importlib.util.find_spec("triton") is None:
+        return []
+    from drcl_fast.kernels import drcl_loss
+    return sorted(set(drcl_loss.PAIR_CONFIGS.values()))
+
+
+@needs_triton
+@pytest.mark.parametrize("config", _pair_configs(), ids=lambda c: "BLOCK{}-D{}-C{}".format(*c[:3]))
+def test_every_gpu_pair_tiling_matches_the_reference(config, monkeypatch):
+    """The tilings GPUs launch (the interpreter's own is larger), at sizes with two row blocks
+    (an off-diagonal, mirrored tile), partial last tiles in B, D and C and several D and C chunks."""
+    from drcl_fast.kernels import drcl_loss
+    block, block_d, block_c, _ = config
+    monkeypatch.setattr(drcl_loss, "INTERPRET_PAIR_CONFIG", config)
+    shape = (block + 5, 2 * block_d + 3, block_c + 3)
+    x64 = batch(*shape, seed=block + block_d, labels="multi-hot")
+    x32 = [t.float() for t in x64]
+    assert_within_rule(outputs(loss_fn("triton"), *x32, 0.0), outputs(reference.drcl_loss_terms, *x32, 0.0),
+                       outputs(reference.drcl_loss_terms, *x64, 0.0), NAMES)
+    assert_float64_equal(outputs(loss_fn("triton"), *x64, 0.5), outputs(reference.drcl_loss_terms, *x64, 0.5), NAMES)
+
+
 def clamp_binding_batch(case: str) -> list[torch.Tensor]:
     """Rows where |a| |b| < 1e-6 for some pairs."""
     f, y, logits, pinv = batch(9, 16, 4, seed=11)
