@@ -30,14 +30,16 @@ from drcl_fast.kernels.rounding import div_rn
 COS_EPS = 1e-6   # reference.COS_EPS; kernels import nothing from the layers above them
 BLOCK_D = 128 if INTERPRET else 64
 BLOCK_C = 32
-# The pair kernel's (BLOCK, BLOCK_D, BLOCK_C, num_warps) per kind of product: the largest tiles that neither
-# spill nor overflow shared memory (docs/kernel_resources.md). Tensor-core products differ by arch: from sm_90
-# on, 64 x 64 tiles fit in registers; on sm_80 they spill. The FMA products ("ieee": float32 under "fp32", and
-# float64) hold their operand panels in registers, hence the short panels.
+# The pair kernel's (BLOCK, BLOCK_D, BLOCK_C, num_warps) per kind of product, from the compile matrix under
+# Triton 3.9 and 3.6 (docs/kernel_resources.md): the largest tiles that compile, fit and stay within the
+# spill budget on both. Tensor-core tiles depend on the arch: sm_90's wgmma holds 64 x 64 pair tiles in
+# registers; sm_80's mma spills them, and Triton 3.6 cannot compile them for sm_100. The FMA products
+# ("ieee": float32 under "fp32", and float64) hold their operand panels in registers, hence the short
+# panels; none is narrower than 16, Triton 3.6's least dot width.
 PAIR_CONFIGS = {
-    ("tf32", "sm_90+"): (64, 64, 16, 8), ("bf16", "sm_90+"): (64, 64, 16, 8),
-    ("tf32", "sm_80"): (32, 64, 16, 4), ("bf16", "sm_80"): (32, 64, 16, 4),
-    ("ieee32", "any"): (64, 16, 8, 8), ("ieee64", "any"): (32, 32, 16, 4),
+    ("tf32", "sm_90"): (64, 64, 16, 8), ("bf16", "sm_90"): (64, 64, 16, 8),
+    ("tf32", "other"): (32, 64, 16, 4), ("bf16", "other"): (32, 64, 16, 4),
+    ("ieee32", "any"): (64, 16, 16, 8), ("ieee64", "any"): (16, 32, 16, 2),
 }
 INTERPRET_PAIR_CONFIG = (128, 128, 32, None)   # the interpreter pays per program: fewer, larger tiles
 
@@ -188,7 +190,7 @@ def pair_config(features: torch.Tensor, precision: str) -> tuple[int, int, int, 
     if precision == "ieee":
         return PAIR_CONFIGS[("ieee64" if features.dtype == torch.float64 else "ieee32", "any")]
     major, _ = torch.cuda.get_device_capability(features.device)
-    return PAIR_CONFIGS[(precision, "sm_90+" if major >= 9 else "sm_80")]
+    return PAIR_CONFIGS[(precision, "sm_90" if major == 9 else "other")]
 
 
 def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: bool = True
