@@ -18,7 +18,8 @@ import torch
 from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
 from drcl_fast.rsc import RSCSettings, batch_loss
-from drcl_fast.spl import ADAM_BETAS, initial_prior
+from drcl_fast.optim import adam
+from drcl_fast.spl import initial_prior
 
 TINY = os.environ.get("DRCL_BENCH_SIZE") == "tiny"
 SHAPES = {"demo": (140, 240, 1024, 512, 10), "loss-heavy": (1024, 256, 1024, 2048, 10)}
@@ -34,7 +35,7 @@ def make_step(backend: str, b: int, d_in: int, h: int, d: int, c: int):
     prior = initial_prior(d, c, seed=1)
     pinv = ops.prior_pinv(prior)
     encoder = seeded_encoder(d_in, h, d, seed=1)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-5, betas=ADAM_BETAS)
+    optimizer = adam(encoder.parameters(), 1e-5)
     settings = RSCSettings(lr=1e-5, epochs=1, batch_size=b, hidden_dim=h, backend=backend)
 
     def step() -> float:

@@ -40,7 +40,8 @@ from drcl_fast.kernels.precision import precision
 from drcl_fast.model import seeded_encoder
 from drcl_fast.ops import reference
 from drcl_fast.rsc import RSCSettings, batch_loss
-from drcl_fast.spl import ADAM_BETAS, initial_prior
+from drcl_fast.optim import adam
+from drcl_fast.spl import initial_prior
 from drcl_fast.trainer import fit
 
 SECTION = "gpu_train"
@@ -199,7 +200,7 @@ def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
 
     def make_step(backend: str) -> Callable[[], None]:
         encoder = seeded_encoder(d_in, h, d, seed=1, device=dev)
-        optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-5, betas=ADAM_BETAS)
+        optimizer = adam(encoder.parameters(), 1e-5)
         settings = RSCSettings(lr=1e-5, epochs=1, batch_size=b, hidden_dim=h, backend=backend)
 
         def step() -> None:

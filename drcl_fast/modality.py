@@ -1,9 +1,10 @@
 """One modality's tensors on the training device, and the loops every unit shares."""
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from typing import Iterator
-
 import numpy as np
 import torch
 
@@ -57,11 +58,52 @@ def _labelled_rows(data: MultiModalData, split: str, k: int) -> tuple[np.ndarray
     return x[~unlabelled], y[~unlabelled]
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Row indices of floor(n / batch_size) full batches of a fresh shuffle (last partial dropped)."""
+SYNC_CHECK_ENV = "DRCL_FAST_SYNC_CHECK"
+
+
+@contextlib.contextmanager
+def batch_loop(device: torch.device) -> Iterator[None]:
+    """Around an epoch's batches. With DRCL_FAST_SYNC_CHECK=1 on a GPU, any host synchronisation
+    inside raises (``torch.cuda.set_sync_debug_mode("error")``): the loop is meant to make none,
+    the epoch's one transfer comes after it. Otherwise, and on the CPU, it does nothing."""
+    if device.type != "cuda" or os.environ.get(SYNC_CHECK_ENV) != "1":
+        yield
+        return
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` (on the host) on `device`; to a GPU through pinned memory without blocking the host."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def epoch_draws(n: int, batch_size: int, generator: torch.Generator, device: torch.device,
+                mixup: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An epoch's random draws, made at once: (batches, permutations) on `device`.
+
+    `batches`: floor(n / batch_size) x batch_size row indices of a fresh shuffle (the last
+    partial batch dropped); with `mixup`, `permutations`: one permutation of each batch's
+    positions, drawn after the shuffle in batch order, as a loop drawing per batch would.
+    The generator stays on the host (the same draws on every device) and the draws reach
+    the device in one transfer per epoch, which a GPU does not wait for.
+    """
     order = torch.randperm(n, generator=generator)
-    for b in range(n // batch_size):
-        yield order[b * batch_size:(b + 1) * batch_size]
+    count = n // batch_size
+    batches = order[:count * batch_size].view(count, batch_size)
+    permutations = None
+    if mixup:
+        permutations = torch.empty(count, batch_size, dtype=torch.long)
+        for b in range(count):
+            permutations[b] = torch.randperm(batch_size, generator=generator)
+        permutations = to_device(permutations, device)
+    return to_device(batches, device), permutations
 
 
 @torch.no_grad()

@@ -12,10 +12,11 @@ import torch
 
 from drcl_fast import ops
 from drcl_fast.errors import NonFiniteLossError
-from drcl_fast.modality import ModalityData, encode, shuffled_batches
+from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
 from drcl_fast.model import Encoder, seeded_encoder
 from drcl_fast.progress import epoch_bar
-from drcl_fast.spl import ADAM_BETAS, EpochHook
+from drcl_fast.optim import adam
+from drcl_fast.spl import EpochHook
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
 
@@ -97,59 +98,65 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     prior = prior.to(device=device, dtype=torch.float32)
     pinv = (ops.prior_pinv(prior) if pinv is None else pinv).to(device)
     encoder = seeded_encoder(data.input_dim, s.hidden_dim, prior.shape[0], s.seed, device)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=s.lr, betas=ADAM_BETAS)
+    optimizer = adam(encoder.parameters(), s.lr)
     generator = torch.Generator().manual_seed(s.seed)
-    best: RSCResult | None = None
+    best: _Selection | None = None
     history: list[dict[str, float]] = []
     start = 0
     if resume is not None:
         encoder.load_state_dict(resume["encoder"])
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
-        best = None if resume["best"] is None else RSCResult.from_state(resume["best"])
+        best = None if resume["best"] is None else _Selection.restore(RSCResult.from_state(resume["best"]))
         history, start = list(resume["history"]), resume["epoch"]
 
     def snapshot() -> dict[str, Any]:
         return {"epoch": epoch + 1, "encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(), "history": history,
-                "best": None if best is None else best.to_state()}
+                "best": None if best is None else best.result(data).to_state()}
 
     bar = epoch_bar(s.epochs, f"RSC {data.name}", progress, start)
     for epoch in bar:
         q = ops.gce_q(epoch + 1)
-        # Kept on the device, so no batch waits for the host: term sums, and the first batch
-        # at which each term stopped being finite (a NaN spreads to every term a batch later).
+        # Kept on the device until the epoch ends, so no batch waits for the host: term sums, and
+        # the first batch at which each term stopped being finite (a NaN spreads to every term a
+        # batch later).
         sums = torch.zeros(4, dtype=torch.float64, device=device)
-        first_bad = torch.full((len(TERMS),), NEVER, device=device)
-        batches = 0
-        for idx in shuffled_batches(data.train_x.shape[0], s.batch_size, generator):
-            permutation = torch.randperm(idx.numel(), generator=generator).to(device)
-            idx = idx.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss, terms = batch_loss(encoder, data.train_x[idx], data.train_t[idx], permutation, prior, pinv, q, s)
-            loss.backward()
-            optimizer.step()
-            values = torch.stack([t.detach() for t in terms])
-            sums += torch.cat([loss.detach().reshape(1), values]).double()
-            first_bad = torch.where(torch.isfinite(values), first_bad, first_bad.clamp(max=batches + 1))
-            batches += 1
-        means = (sums / max(batches, 1)).tolist()
-        record = {"epoch": epoch + 1, "J": means[0], **dict(zip(TERMS, means[1:]))}
-        if (epoch + 1) % s.sample_interval == 0:
-            record["val"] = validation_loss(encoder, data, prior, pinv, q, s)
-        _stop_if_not_finite(data.name, record, first_bad.tolist())
-        if "val" in record:
-            if best is None or record["val"] < best.best_val_loss:
-                best = _selected_outputs(encoder, data, prior, epoch + 1, record["val"])
+        first_bad = torch.full((len(TERMS),), NEVER, dtype=torch.float64, device=device)
+        batches, permutations = epoch_draws(data.train_x.shape[0], s.batch_size, generator, device, mixup=True)
+        with batch_loop(device):
+            for b in range(batches.shape[0]):
+                idx = batches[b]
+                optimizer.zero_grad(set_to_none=True)
+                loss, terms = batch_loss(encoder, data.train_x[idx], data.train_t[idx], permutations[b], prior,
+                                         pinv, q, s)
+                loss.backward()
+                optimizer.step()
+                values = torch.stack([t.detach() for t in terms])
+                sums += torch.cat([loss.detach().reshape(1), values]).double()
+                first_bad = torch.where(torch.isfinite(values), first_bad, first_bad.clamp(max=b + 1))
+        sampled = (epoch + 1) % s.sample_interval == 0
+        epoch_values = [sums / max(batches.shape[0], 1), first_bad]
+        if sampled:
+            epoch_values.append(validation_loss(encoder, data, prior, pinv, q, s).double().reshape(1))
+        host = torch.cat(epoch_values).tolist()   # the epoch's one transfer
+        record = {"epoch": epoch + 1, "J": host[0], **dict(zip(TERMS, host[1:4]))}
+        if sampled:
+            record["val"] = host[4 + len(TERMS)]
+        _stop_if_not_finite(data.name, record, [int(v) for v in host[4:4 + len(TERMS)]])
+        if sampled:
+            if best is None or record["val"] < best.val_loss:
+                best = _Selection.of(encoder, data, prior, epoch + 1, record["val"])
             bar.set_postfix(J=f"{record['J']:.4f}", val=f"{record['val']:.4f}")
         history.append(record)
         log.info(_epoch_line(data.name, s.epochs, record, best))
         if on_epoch is not None:
             on_epoch(epoch + 1, snapshot)
     if best is None:  # no epoch was sampled: keep the last one, as selection had nothing to compare
-        best = _selected_outputs(encoder, data, prior, s.epochs, float("nan"))
-    best.history = history
-    return best
+        best = _Selection.of(encoder, data, prior, s.epochs, float("nan"))
+    result = best.result(data)
+    result.history = history
+    return result
 
 
 def _stop_if_not_finite(name: str, record: dict[str, float], first_bad: list[int]) -> None:
@@ -168,30 +175,45 @@ def _stop_if_not_finite(name: str, record: dict[str, float], first_bad: list[int
 
 @torch.no_grad()
 def validation_loss(encoder: torch.nn.Module, data: ModalityData, prior: torch.Tensor,
-                    pinv: torch.Tensor, q: float, s: RSCSettings) -> float:
-    """J on the whole validation split, unmixed."""
+                    pinv: torch.Tensor, q: float, s: RSCSettings) -> torch.Tensor:
+    """J on the whole validation split, unmixed (a 0-dim tensor on the training device)."""
     f = encode(encoder, data.valid_x)
-    return float(objective(ops.drcl_loss_terms(f, data.valid_t, f @ prior, pinv, q, backend=s.backend), s))
+    return objective(ops.drcl_loss_terms(f, data.valid_t, f @ prior, pinv, q, backend=s.backend), s)
 
 
-@torch.no_grad()
-def _selected_outputs(encoder: torch.nn.Module, data: ModalityData, prior: torch.Tensor,
-                      epoch: int, val_loss: float) -> RSCResult:
-    f = encode(encoder, data.test_x)
-    return RSCResult(
-        modality=data.name,
-        test_embeddings=f.cpu().numpy(),
-        test_probabilities=torch.softmax(f @ prior, dim=1).cpu().numpy(),
-        test_labels=data.test_labels,
-        best_epoch=epoch,
-        best_val_loss=val_loss,
-        encoder_state={k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()},
-    )
+@dataclass
+class _Selection:
+    """The selected epoch's test outputs and weights, kept on the training device until the run ends."""
+
+    epoch: int
+    val_loss: float
+    embeddings: torch.Tensor
+    probabilities: torch.Tensor
+    encoder_state: dict[str, torch.Tensor]
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, encoder: torch.nn.Module, data: ModalityData, prior: torch.Tensor, epoch: int,
+           val_loss: float) -> "_Selection":
+        f = encode(encoder, data.test_x)
+        return cls(epoch, val_loss, f, torch.softmax(f @ prior, dim=1),
+                   {k: v.detach().clone() for k, v in encoder.state_dict().items()})
+
+    @classmethod
+    def restore(cls, r: RSCResult) -> "_Selection":
+        return cls(r.best_epoch, r.best_val_loss, torch.from_numpy(r.test_embeddings),
+                   torch.from_numpy(r.test_probabilities), r.encoder_state)
+
+    def result(self, data: ModalityData) -> RSCResult:
+        return RSCResult(modality=data.name, test_embeddings=self.embeddings.cpu().numpy(),
+                         test_probabilities=self.probabilities.cpu().numpy(), test_labels=data.test_labels,
+                         best_epoch=self.epoch, best_val_loss=self.val_loss,
+                         encoder_state={k: v.cpu() for k, v in self.encoder_state.items()})
 
 
-def _epoch_line(name: str, epochs: int, r: dict[str, float], best: RSCResult | None) -> str:
+def _epoch_line(name: str, epochs: int, r: dict[str, float], best: _Selection | None) -> str:
     line = (f"RSC {name} epoch {r['epoch']}/{epochs}: J={r['J']:.5f} J_L={r['J_L']:.5f} "
             f"J_D={r['J_D']:.5f} J_MSE={r['J_MSE']:.6f}")
     if "val" in r:
-        line += f" val={r['val']:.5f} (best {best.best_val_loss:.5f} @ {best.best_epoch})"
+        line += f" val={r['val']:.5f} (best {best.val_loss:.5f} @ {best.epoch})"
     return line

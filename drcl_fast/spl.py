@@ -11,16 +11,14 @@ import torch
 
 from drcl_fast import ops
 from drcl_fast.errors import ConfigError, NonFiniteLossError
-from drcl_fast.modality import ModalityData, encode, shuffled_batches
+from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
+from drcl_fast.optim import adam
 from drcl_fast.model import seeded_encoder
 from drcl_fast.progress import epoch_bar
 
 EpochHook = Callable[[int, Callable[[], dict[str, Any]]], None]
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
-
-ADAM_BETAS = (0.5, 0.999)
-
 
 def initial_prior(output_dim: int, num_classes: int, seed: int) -> torch.Tensor:
     """W0: the first C columns of a random D x D orthogonal matrix."""
@@ -52,10 +50,11 @@ class SPLResult:
 
 
 @torch.no_grad()
-def quality_score(encoder: torch.nn.Module, prior: torch.Tensor, x: torch.Tensor, targets: torch.Tensor) -> float:
-    """S_k: mean probability the model gives to the true classes, over the whole split."""
+def quality_score(encoder: torch.nn.Module, prior: torch.Tensor, x: torch.Tensor, targets: torch.Tensor
+                  ) -> torch.Tensor:
+    """S_k: mean probability the model gives to the true classes, over the whole split (0-dim, on x's device)."""
     probabilities = torch.softmax(encode(encoder, x) @ prior, dim=1)
-    return float((probabilities * targets).sum(dim=1).mean())
+    return (probabilities * targets).sum(dim=1).mean()
 
 
 def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
@@ -70,7 +69,7 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
     device = data.train_x.device
     encoder = seeded_encoder(data.input_dim, hidden_dim, w0.shape[0], seed, device)
     prior = torch.nn.Parameter(w0.clone().to(device))
-    optimizer = torch.optim.Adam([*encoder.parameters(), prior], lr=lr, betas=ADAM_BETAS)
+    optimizer = adam([*encoder.parameters(), prior], lr)
     generator = torch.Generator().manual_seed(seed)
     result = SPLResult(data.name, w0.clone(), w0.clone(), best_epoch=0)
     start = 0
@@ -81,42 +80,51 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
         result, start = SPLResult.from_state(resume["result"]), resume["epoch"]
+    best_prior = result.best_prior.to(device)   # on the device until the run ends: no transfer per epoch
+
+    def host_result() -> SPLResult:
+        result.best_prior, result.final_prior = best_prior.cpu().clone(), prior.detach().cpu().clone()
+        return result
 
     def snapshot() -> dict[str, Any]:
         return {"epoch": epoch + 1, "encoder": encoder.state_dict(), "prior": prior.detach().cpu(),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "result": result.to_state()}
+                "result": host_result().to_state()}
 
     bar = epoch_bar(epochs, f"SPL {data.name}", progress, start)
     for epoch in bar:
         q = ops.gce_q(epoch)
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: no sync per batch
-        batches = 0
-        for idx in shuffled_batches(data.train_x.shape[0], batch_size, generator):
-            idx = idx.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = ops.gce_loss(encoder(data.train_x[idx]) @ prior, data.train_t[idx], q, backend=backend)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach().double()
-            batches += 1
-        mean_loss = float(total) / max(batches, 1)
+        batches, _ = epoch_draws(data.train_x.shape[0], batch_size, generator, device)
+        with batch_loop(device):
+            for b in range(batches.shape[0]):
+                idx = batches[b]
+                optimizer.zero_grad(set_to_none=True)
+                loss = ops.gce_loss(encoder(data.train_x[idx]) @ prior, data.train_t[idx], q, backend=backend)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach().double()
+        sampled = (epoch + 1) % sample_interval == 0
+        epoch_values = [total.reshape(1) / max(batches.shape[0], 1)]
+        if sampled:
+            epoch_values.append(quality_score(encoder, prior, data.train_x, data.train_t).double().reshape(1))
+        host = torch.cat(epoch_values).tolist()   # the epoch's one transfer
+        mean_loss = host[0]
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(_non_finite_message(data, epoch + 1, mean_loss))
         line = f"SPL {data.name} epoch {epoch + 1}/{epochs}: gce={mean_loss:.5f} q={q:.2f}"
-        if (epoch + 1) % sample_interval == 0:
-            score = quality_score(encoder, prior, data.train_x, data.train_t)
+        if sampled:
+            score = host[1]
             result.scores[epoch + 1] = score
             if result.best_epoch == 0 or score > result.best_score:
                 result.best_epoch = epoch + 1
-                result.best_prior = prior.detach().cpu().clone()
+                best_prior = prior.detach().clone()
             line += f" score={score:.5f} (best {result.best_score:.5f} @ {result.best_epoch})"
             bar.set_postfix(score=f"{score:.4f}")
-        result.final_prior = prior.detach().cpu().clone()
         log.info(line)
         if on_epoch is not None:
             on_epoch(epoch + 1, snapshot)
-    return result
+    return host_result()
 
 
 def _non_finite_message(data: ModalityData, epoch: int, loss: float) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from drcl_fast.model import Encoder, seeded_encoder
-from drcl_fast.modality import shuffled_batches
+from drcl_fast.modality import epoch_draws
 from drcl_fast.spl import SPLResult, initial_prior, select_prior
 
 
@@ -42,10 +42,22 @@ def test_initial_prior_has_orthonormal_columns_and_is_seeded():
 
 
 def test_batches_drop_the_last_partial_batch():
-    batches = list(shuffled_batches(10, 3, torch.Generator().manual_seed(0)))
-    assert len(batches) == 3 and all(b.numel() == 3 for b in batches)
-    seen = torch.cat(batches)
-    assert seen.unique().numel() == 9
+    batches, permutations = epoch_draws(10, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert batches.shape == (3, 3) and permutations is None
+    assert batches.unique().numel() == 9
+
+
+def test_epoch_draws_are_the_per_batch_draws_made_at_once():
+    """The same generator stream as shuffling, then drawing each batch's Mixup permutation in turn."""
+    batches, permutations = epoch_draws(23, 5, torch.Generator().manual_seed(3), torch.device("cpu"), mixup=True)
+    g = torch.Generator().manual_seed(3)
+    order = torch.randperm(23, generator=g)
+    for b in range(4):
+        assert torch.equal(batches[b], order[5 * b:5 * (b + 1)])
+        assert torch.equal(permutations[b], torch.randperm(5, generator=g))
+    assert permutations.shape == (4, 5)
+    none, empty = epoch_draws(4, 5, torch.Generator().manual_seed(3), torch.device("cpu"), mixup=True)
+    assert none.shape == (0, 5) and empty.shape == (0, 5)
 
 
 def spl_result(name, scores, best_value):

@@ -143,3 +143,20 @@ def test_an_evaluator_backend_missing_here_is_refused_before_training(mfeat, tin
     monkeypatch.setattr("drcl_fast.trainer._fit", lambda *args: pytest.fail("training started"))
     with pytest.raises(BackendError, match="evaluate_map: backend 'cpp' is not available"):
         fit(mfeat, tiny_config.replace(backend="cpp"), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU: host synchronisation, which this checks for, exists only there")
+def test_the_batch_loops_make_no_host_synchronisation_on_a_gpu(mfeat, tiny_config, monkeypatch):
+    """Every SPL and RSC batch loop of a whole run under torch.cuda.set_sync_debug_mode("error")."""
+    from drcl_fast.modality import SYNC_CHECK_ENV
+    monkeypatch.setenv(SYNC_CHECK_ENV, "1")
+    result = fit(mfeat, tiny_config.replace(device="cuda", epochs=2), progress=False)
+    assert torch.cuda.get_sync_debug_mode() == 0 and result.metrics[0].mean > 0.1
+
+
+def test_the_sync_check_does_nothing_on_the_cpu(monkeypatch):
+    from drcl_fast.modality import SYNC_CHECK_ENV, batch_loop
+    monkeypatch.setenv(SYNC_CHECK_ENV, "1")
+    with batch_loop(torch.device("cpu")):
+        assert float(torch.ones(2).sum()) == 2.0   # a host read: allowed on the CPU
