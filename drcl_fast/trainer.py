@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from drcl_fast.checkpoint import Checkpointer, fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ConfigError, NonFiniteLossError, OutputExistsError
+from drcl_fast.floor import Floor, UnitShape, matrix_rate, unit_flops
 from drcl_fast.modality import ModalityData
 from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
@@ -34,6 +36,8 @@ class FitResult:
     spl_choice: int | None = None                # index of the modality whose W_k became the prior
     rsc: dict[int, RSCResult] = field(default_factory=dict)
     metrics: list[DirectionResult] = field(default_factory=list)  # [MAP@all, MAP@50] when evaluated
+    train_flops: int = 0                         # the encoder products of the units this call trained
+    floor: Floor | None = None                   # their time against the machine's matrix rate (floor.py)
 
 
 def output_dim(cfg: DRCLConfig, data: MultiModalData) -> int:
@@ -102,19 +106,35 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
              "multi-label" if data.multilabel else "single-label", output_dim(cfg, data),
              cfg.hidden_shape, device)
 
+    started = time.perf_counter()
     try:
         result = _prior(cfg, data, device, progress, state, checkpointer)
         for k in views:
-            result.rsc[k] = _rsc_unit(cfg, data, k, lrs[k], result.prior, device, progress, state, checkpointer)
+            result.rsc[k] = _rsc_unit(cfg, data, k, lrs[k], result, device, progress, state, checkpointer)
     except NonFiniteLossError as error:
         raise NonFiniteLossError(f"{error}. The last good checkpoint ({checkpointer.last_saved}) is "
                                  f"{checkpointer.path}" if checkpointer.enabled else str(error)) from None
+    if result.train_flops:
+        result.floor = Floor(result.train_flops, matrix_rate(cfg.hidden_shape, cfg.batch_size, device),
+                             time.perf_counter() - started)
+        log.info(result.floor.line())
     result.metrics = evaluate_saved(cfg, data, views, result, device, progress)
     checkpointer.remove()  # the run is complete: its outputs hold everything
     return result
 
 
-def _rsc_unit(cfg: DRCLConfig, data: MultiModalData, k: int, lr: float, prior: torch.Tensor,
+def unit_shape(cfg: DRCLConfig, m: ModalityData, d: int, c: int, phase: str, resume: dict | None) -> UnitShape:
+    """The sizes of one unit's epochs still to train, for its matrix floor."""
+    epochs = cfg.spl_epoch_count if phase == "spl" else cfg.epochs
+    start = resume["epoch"] if resume else 0
+    return UnitShape(train_rows=m.train_x.shape[0], eval_rows=(m.train_x if phase == "spl" else m.valid_x).shape[0],
+                     input_dim=m.input_dim, hidden_dim=cfg.hidden_shape, output_dim=d, classes=c,
+                     batch_size=cfg.batch_size, epochs=epochs - start,
+                     sampled_epochs=epochs // cfg.sample_interval - start // cfg.sample_interval,
+                     trains_prior=phase == "spl")
+
+
+def _rsc_unit(cfg: DRCLConfig, data: MultiModalData, k: int, lr: float, result: FitResult,
               device: torch.device, progress: bool, state: dict, checkpointer: Checkpointer) -> RSCResult:
     """Modality k's RSC result: restored if a checkpoint holds it, else trained (resumed if started)."""
     if k in state["rsc_done"]:
@@ -124,7 +144,9 @@ def _rsc_unit(cfg: DRCLConfig, data: MultiModalData, k: int, lr: float, prior: t
         resume = unit if unit is not None and (unit["phase"], unit["view"]) == ("rsc", k) else None
         log.info("RSC on modality %d (%s), lr %g%s", k, data.modalities[k], lr,
                  f", resumed after epoch {resume['epoch']}" if resume else "")
-        rsc = train_rsc(ModalityData.from_dataset(data, k, device), prior, rsc_settings(cfg, lr),
+        m = ModalityData.from_dataset(data, k, device)
+        result.train_flops += unit_flops(unit_shape(cfg, m, *result.prior.shape, "rsc", resume))
+        rsc = train_rsc(m, result.prior, rsc_settings(cfg, lr),
                         progress=progress, resume=resume, on_epoch=checkpointer.epoch_hook(state, "rsc", k))
         checkpointer.save_unit(k, rsc.to_state())
         state["rsc_done"].append(k)
@@ -175,12 +197,15 @@ def _prior(cfg: DRCLConfig, data: MultiModalData, device: torch.device, progress
         return FitResult(data.modalities, torch.from_numpy(outputs.load_prior_file(path, d, c)), f"file:{path}")
 
     spl = [SPLResult.from_state(r) for r in state["spl_done"]]
+    flops = 0
     for k in range(len(spl), data.num_modalities):
         unit = state["unit"]
         resume = unit if unit is not None and (unit["phase"], unit["view"]) == ("spl", k) else None
         log.info("SPL on modality %d (%s)%s", k, data.modalities[k],
                  f", resumed after epoch {resume['epoch']}" if resume else "")
-        r = learn_prior(ModalityData.from_dataset(data, k, device), w0, epochs=cfg.spl_epoch_count,
+        m = ModalityData.from_dataset(data, k, device)
+        flops += unit_flops(unit_shape(cfg, m, d, c, "spl", resume))
+        r = learn_prior(m, w0, epochs=cfg.spl_epoch_count,
                         batch_size=cfg.batch_size, lr=cfg.lr_SPL, hidden_dim=cfg.hidden_shape,
                         sample_interval=cfg.sample_interval, seed=cfg.seed, backend=cfg.backend,
                         progress=progress, resume=resume, on_epoch=checkpointer.epoch_hook(state, "spl", k))
@@ -196,4 +221,4 @@ def _prior(cfg: DRCLConfig, data: MultiModalData, device: torch.device, progress
     outputs.save_mat(outputs.prior_path(cfg.out, cfg.datasets, d, c), {"W": prior.numpy()})
     log.info("prior W: SPL's W_k of modality %d (%s), score %.5f", choice, data.modalities[choice],
              spl[choice].best_score)
-    return FitResult(data.modalities, prior, f"spl:{data.modalities[choice]}", spl, choice)
+    return FitResult(data.modalities, prior, f"spl:{data.modalities[choice]}", spl, choice, train_flops=flops)

@@ -1,0 +1,86 @@
+"""A training run's matrix floor: the time its encoder products need at the machine's measured rate.
+
+The figure `make demo` and `drcl-fast train` print after a run: the run's training time
+against the floating-point work of its encoder products (every SPL and RSC step's
+forward and backward GEMMs, the projections by W, the per-epoch encodes of the scored
+or validated split) at the rate this machine's ``torch.mm`` reaches at the run's main
+product shape, measured after the run. The loss's own products and the test-split
+encodes are left out, so the floor is a lower bound and the fraction a conservative one
+(``tests/test_floor.py`` checks the count against every product a run makes).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class UnitShape:
+    """One training unit's sizes: rows per split, widths, batch and epochs."""
+
+    train_rows: int
+    eval_rows: int      # rows encoded after each sampled epoch: the whole train split (SPL) or valid (RSC)
+    input_dim: int
+    hidden_dim: int
+    output_dim: int
+    classes: int
+    batch_size: int
+    epochs: int
+    sampled_epochs: int
+    trains_prior: bool  # SPL trains W (its gradient is one more product); RSC's W is fixed
+
+
+def encoder_flops(rows: int, s: UnitShape) -> int:
+    """Forward products of the encoder and the projection by W for `rows` rows."""
+    return 2 * rows * (s.input_dim * s.hidden_dim + s.hidden_dim ** 2 + s.hidden_dim * s.output_dim
+                       + s.output_dim * s.classes)
+
+
+def unit_flops(s: UnitShape) -> int:
+    """Every counted product of one unit: steps (forward, then weight and input gradients) and evaluation encodes."""
+    b = s.batch_size
+    weight_grads = encoder_flops(b, s) - 2 * b * s.output_dim * s.classes * (0 if s.trains_prior else 1)
+    input_grads = 2 * b * (s.hidden_dim ** 2 + s.hidden_dim * s.output_dim + s.output_dim * s.classes)
+    step = encoder_flops(b, s) + weight_grads + input_grads
+    return s.epochs * (s.train_rows // b) * step + s.sampled_epochs * encoder_flops(s.eval_rows, s)
+
+
+def matrix_rate(hidden_dim: int, batch_size: int, device: torch.device, seconds: float = 0.3) -> float:
+    """FLOP/s of torch.mm at the steps' main shape (batch x H times H x H, float32) on `device`, median of runs."""
+    a = torch.randn(batch_size, hidden_dim, device=device)
+    b = torch.randn(hidden_dim, hidden_dim, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: list[float] = []
+    for _ in range(3):
+        a @ b
+    sync()
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        t = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return 2 * batch_size * hidden_dim ** 2 / times[len(times) // 2]
+
+
+@dataclass(frozen=True)
+class Floor:
+    flops: int
+    rate: float          # FLOP/s measured
+    seconds: float       # the training time it is compared with
+
+    @property
+    def floor_seconds(self) -> float:
+        return self.flops / self.rate
+
+    @property
+    def fraction(self) -> float:
+        return self.floor_seconds / self.seconds
+
+    def line(self) -> str:
+        return (f"training took {self.seconds:.1f} s; its encoder products ({self.flops / 1e12:.2f} TFLOP) need "
+                f"{self.floor_seconds:.1f} s at this machine's measured {self.rate / 1e9:.0f} GFLOP/s: "
+                f"{100 * self.fraction:.0f} % of that floor")
