@@ -36,6 +36,7 @@ class FitResult:
     spl_choice: int | None = None                # index of the modality whose W_k became the prior
     rsc: dict[int, RSCResult] = field(default_factory=dict)
     metrics: list[DirectionResult] = field(default_factory=list)  # [MAP@all, MAP@50] when evaluated
+    phase_seconds: dict[str, float] = field(default_factory=dict)   # "spl", "rsc", "evaluation": wall time
     train_flops: int = 0                         # the encoder products of the units this call trained
     floor: Floor | None = None                   # their time against the machine's matrix rate (floor.py)
 
@@ -109,16 +110,20 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     started = time.perf_counter()
     try:
         result = _prior(cfg, data, device, progress, state, checkpointer)
+        result.phase_seconds["spl"] = time.perf_counter() - started
         for k in views:
             result.rsc[k] = _rsc_unit(cfg, data, k, lrs[k], result, device, progress, state, checkpointer)
+        result.phase_seconds["rsc"] = time.perf_counter() - started - result.phase_seconds["spl"]
     except NonFiniteLossError as error:
         raise NonFiniteLossError(f"{error}. The last good checkpoint ({checkpointer.last_saved}) is "
                                  f"{checkpointer.path}" if checkpointer.enabled else str(error)) from None
     if result.train_flops:
         result.floor = Floor(result.train_flops, matrix_rate(cfg.hidden_shape, cfg.batch_size, device),
-                             time.perf_counter() - started)
+                             result.phase_seconds["spl"] + result.phase_seconds["rsc"])
         log.info(result.floor.line())
+    evaluation = time.perf_counter()
     result.metrics = evaluate_saved(cfg, data, views, result, device, progress)
+    result.phase_seconds["evaluation"] = time.perf_counter() - evaluation
     checkpointer.remove()  # the run is complete: its outputs hold everything
     return result
 

@@ -1,8 +1,11 @@
 """The training benchmarks and the GPU suite's training section, at tiny sizes, so that they cannot rot."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+
+import pytest
 
 from tests.test_bench_smoke import run, table_rows  # run: a subprocess from the repository root, output checked
 
@@ -82,3 +85,12 @@ def test_gpu_suite_train_section_smoke(tmp_path):
     assert sum("RSC step" in row for row in rows) == 5
     assert "FAIL" not in out
     assert len(list(tmp_path.glob("gpu_suite_*_smoke.md"))) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_gpu_suite_pipeline_section_smoke():
+    out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_pipeline", env={"TRITON_INTERPRET": "1"})
+    rows = [line for line in out.splitlines() if line.startswith("| gpu_pipeline |")]
+    assert len(rows) == 4 and not any("FAIL" in row for row in rows), out
+    for row, case in zip(rows, ("reference (torch, fp32)", "fast (auto, fp32)", "fast (auto, tf32)", "fast (auto, bf16)")):
+        assert case in row and "s end to end: SPL" in row and "MAP@all 0." in row, row
