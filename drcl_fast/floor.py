@@ -47,7 +47,7 @@ def unit_flops(s: UnitShape) -> int:
     return s.epochs * (s.train_rows // b) * step + s.sampled_epochs * encoder_flops(s.eval_rows, s)
 
 
-def matrix_rate(hidden_dim: int, batch_size: int, device: torch.device, seconds: float = 0.3) -> float:
+def matrix_rate(hidden_dim: int, batch_size: int, device: torch.device, seconds: float = 0.1) -> float:
     """FLOP/s of torch.mm at the steps' main shape (batch x H times H x H, float32) on `device`, median of runs."""
     a = torch.randn(batch_size, hidden_dim, device=device)
     b = torch.randn(hidden_dim, hidden_dim, device=device)
