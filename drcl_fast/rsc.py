@@ -140,10 +140,11 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
         if sampled:
             epoch_values.append(validation_loss(encoder, data, prior, pinv, q, s).double().reshape(1))
         host = torch.cat(epoch_values).tolist()   # the epoch's one transfer
-        record = {"epoch": epoch + 1, "J": host[0], **dict(zip(TERMS, host[1:4]))}
+        means, bad, val = host[:4], host[4:4 + len(TERMS)], host[4 + len(TERMS):]
+        record = {"epoch": epoch + 1, "J": means[0], **dict(zip(TERMS, means[1:]))}
         if sampled:
-            record["val"] = host[4 + len(TERMS)]
-        _stop_if_not_finite(data.name, record, [int(v) for v in host[4:4 + len(TERMS)]])
+            record["val"] = val[0]
+        _stop_if_not_finite(data.name, record, [int(v) for v in bad])
         if sampled:
             if best is None or record["val"] < best.val_loss:
                 best = _Selection.of(encoder, data, prior, epoch + 1, record["val"])
