@@ -17,8 +17,8 @@ import torch
 
 from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
-from drcl_fast.rsc import RSCSettings, batch_loss
 from drcl_fast.optim import adam
+from drcl_fast.rsc import RSCSettings, batch_loss
 from drcl_fast.spl import initial_prior
 
 TINY = os.environ.get("DRCL_BENCH_SIZE") == "tiny"

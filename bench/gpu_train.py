@@ -33,14 +33,15 @@ from drcl_fast import backends, ops
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import load_mfeat
 from drcl_fast.data.container import MultiModalData, Split
+from drcl_fast.floor import step_flops
 from drcl_fast.kernels import linear_relu as linear_relu_module
 from drcl_fast.kernels.linear_relu import linear_relu
 from drcl_fast.kernels.mixup_project import MixupProject
 from drcl_fast.kernels.precision import precision
 from drcl_fast.model import seeded_encoder
 from drcl_fast.ops import reference
-from drcl_fast.rsc import RSCSettings, batch_loss
 from drcl_fast.optim import adam
+from drcl_fast.rsc import RSCSettings, batch_loss
 from drcl_fast.spl import initial_prior
 from drcl_fast.trainer import fit
 
@@ -181,11 +182,9 @@ def matmul_rates(suite, cfg: dict) -> dict[str, float]:
     return rates
 
 
-def step_flops(b: int, d_in: int, h: int, d: int) -> float:
-    """GEMM flops of one step: forward, backward without the input's gradient, the loss's two B x B x D."""
-    forward = 2 * b * (d_in * h + h * h + h * d)
-    backward = 2 * b * (d_in * h + 2 * h * h + 2 * h * d)
-    return forward + backward + 2 * 1.5 * b * b * d
+def rsc_step_flops(b: int, d_in: int, h: int, d: int, c: int) -> float:
+    """GEMM flops of one RSC step: the encoder's (drcl_fast/floor.py) and the loss's two B x B x D."""
+    return step_flops(b, d_in, h, d, c, trains_prior=False) + 2 * 1.5 * b * b * d
 
 
 def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
@@ -209,7 +208,7 @@ def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
             optimizer.step()
         return step
 
-    flops = step_flops(b, d_in, h, d)
+    flops = rsc_step_flops(b, d_in, h, d, c)
     with cublas_tf32(False):
         base = timed(make_step("torch"), dev, cfg["repeats"])[0]
     case = f"RSC step B={b} d_in={d_in} H={h} D={d} C={c}"

@@ -32,19 +32,25 @@ class UnitShape:
     trains_prior: bool  # SPL trains W (its gradient is one more product); RSC's W is fixed
 
 
-def encoder_flops(rows: int, s: UnitShape) -> int:
+def forward_flops(rows: int, input_dim: int, hidden_dim: int, output_dim: int, classes: int) -> int:
     """Forward products of the encoder and the projection by W for `rows` rows."""
-    return 2 * rows * (s.input_dim * s.hidden_dim + s.hidden_dim ** 2 + s.hidden_dim * s.output_dim
-                       + s.output_dim * s.classes)
+    return 2 * rows * (input_dim * hidden_dim + hidden_dim ** 2 + hidden_dim * output_dim + output_dim * classes)
+
+
+def step_flops(batch: int, input_dim: int, hidden_dim: int, output_dim: int, classes: int,
+               trains_prior: bool) -> int:
+    """One training step's encoder products: the forward, then the weight and the input gradients."""
+    forward = forward_flops(batch, input_dim, hidden_dim, output_dim, classes)
+    weight_grads = forward - (0 if trains_prior else 2 * batch * output_dim * classes)
+    input_grads = forward - 2 * batch * input_dim * hidden_dim   # the input itself takes no gradient
+    return forward + weight_grads + input_grads
 
 
 def unit_flops(s: UnitShape) -> int:
-    """Every counted product of one unit: steps (forward, then weight and input gradients) and evaluation encodes."""
-    b = s.batch_size
-    weight_grads = encoder_flops(b, s) - 2 * b * s.output_dim * s.classes * (0 if s.trains_prior else 1)
-    input_grads = 2 * b * (s.hidden_dim ** 2 + s.hidden_dim * s.output_dim + s.output_dim * s.classes)
-    step = encoder_flops(b, s) + weight_grads + input_grads
-    return s.epochs * (s.train_rows // b) * step + s.sampled_epochs * encoder_flops(s.eval_rows, s)
+    """Every counted product of one unit: its steps and its evaluation encodes."""
+    sizes = (s.input_dim, s.hidden_dim, s.output_dim, s.classes)
+    return (s.epochs * (s.train_rows // s.batch_size) * step_flops(s.batch_size, *sizes, s.trains_prior)
+            + s.sampled_epochs * forward_flops(s.eval_rows, *sizes))
 
 
 def matrix_rate(hidden_dim: int, batch_size: int, device: torch.device, seconds: float = 0.1) -> float:

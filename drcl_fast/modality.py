@@ -5,6 +5,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from typing import Iterator
+
 import numpy as np
 import torch
 

@@ -12,13 +12,14 @@ import torch
 from drcl_fast import ops
 from drcl_fast.errors import ConfigError, NonFiniteLossError
 from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
-from drcl_fast.optim import adam
 from drcl_fast.model import seeded_encoder
+from drcl_fast.optim import adam
 from drcl_fast.progress import epoch_bar
 
 EpochHook = Callable[[int, Callable[[], dict[str, Any]]], None]
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
+
 
 def initial_prior(output_dim: int, num_classes: int, seed: int) -> torch.Tensor:
     """W0: the first C columns of a random D x D orthogonal matrix."""
