@@ -1,18 +1,19 @@
 """Training state on disk, so that a killed run resumes to exactly the same result.
 
-A run's checkpoint is `{out}/checkpoints/{dataset}[_view{k}].pt`: the finished SPL
-units' results, the list of finished RSC units (each saved once, beside it, as
-`...rsc{k}.pt`, since they are large and never change) and the unit in progress
-(model, optimiser moments, RNG state, epoch, selection so far). Every file is
-written to a temporary name and renamed, so a kill leaves the previous one whole,
-and holds only tensors and plain Python values: `torch.load(weights_only=True)`
-reads it.
+Each unit of a run (SPL or RSC on one modality) has its own checkpoint,
+`{out}/checkpoints/{dataset}[_view{k}].{phase}{k}.pt`: while it trains, its
+progress (model, optimiser moments, RNG state, epoch, selection so far); once
+done, its result. Units that train at once (threads, CUDA streams, ranks) never
+share a file, and a rank finds its units' files again on resume. Every file
+carries the run's identity, is written to a temporary name and renamed, so a
+kill leaves the previous one whole, and holds only tensors and plain Python
+values: `torch.load(weights_only=True)` reads it.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,13 +26,11 @@ from drcl_fast.data.container import SPLITS, MultiModalData
 from drcl_fast.errors import CheckpointError
 from drcl_fast.outputs import atomic_write
 
-log = logging.getLogger("drcl_fast")
-
-FORMAT_VERSION = 1
-AUTO_INTERVAL_S = 60.0  # checkpoint_every=None: after the first epoch that ends a minute past the last save
+FORMAT_VERSION = 2   # 1: one file for the whole run
+AUTO_INTERVAL_S = 60.0  # checkpoint_every=None: after the first epoch that ends a minute past the unit's last save
 # Settings that change nothing in the result, so a resumed run may differ in them.
 NOT_IN_FINGERPRINT = ("out", "quiet", "overwrite", "resume", "checkpoint_every", "extra",
-                      "data_root", "data_path")
+                      "data_root", "data_path", "concurrent_units")
 
 Snapshot = Callable[[], dict[str, Any]]
 
@@ -48,71 +47,75 @@ def fingerprint(cfg: DRCLConfig, data: MultiModalData) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Saves and restores one run's state; `every` epochs (None: about once a minute; 0: never)."""
+    """Saves and restores the units of one run; `every` epochs (None: about once a minute; 0: never)."""
 
     def __init__(self, out: str | Path, dataset: str, view_id: int, every: int | None,
                  identity: dict[str, Any]) -> None:
-        stem = dataset if view_id < 0 else f"{dataset}_view{view_id}"
-        self.path = Path(out) / "checkpoints" / f"{stem}.pt"
+        self.stem = dataset if view_id < 0 else f"{dataset}_view{view_id}"
+        self.folder = Path(out) / "checkpoints"
         self.every = every
         self.identity = identity
-        self.last_saved: str = "none yet"
-        self._last_time = time.monotonic()
+        self._last_saved: dict[tuple[str, int], tuple[float, str]] = {}
+        self._lock = threading.Lock()   # units may train in threads
+        self._created = time.monotonic()
 
-    def unit_path(self, view: int) -> Path:
-        return self.path.with_name(f"{self.path.stem}.rsc{view}.pt")
+    def path(self, phase: str, view: int) -> Path:
+        return self.folder / f"{self.stem}.{phase}{view}.pt"
 
     @property
     def enabled(self) -> bool:
         return self.every != 0
 
-    def fresh_state(self) -> dict[str, Any]:
-        return {"version": FORMAT_VERSION, "identity": self.identity, "spl_done": [], "rsc_done": [],
-                "unit": None}
+    def saved_paths(self) -> list[Path]:
+        """This run's unit checkpoints on disk."""
+        return sorted(self.folder.glob(f"{self.stem}.*.pt"))
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state of this run, or None when there is none."""
-        if not self.path.is_file():
+    def load(self, phase: str, view: int) -> dict[str, Any] | None:
+        """The unit's saved record ({"done": bool, "progress": ..., "result": ...}), or None."""
+        path = self.path(phase, view)
+        if not path.is_file():
             return None
-        state = self._read(self.path)
-        if state.get("version") != FORMAT_VERSION:
-            raise CheckpointError(f"{self.path} was written by another version of drcl_fast; "
+        record = self._read(path)
+        if record.get("version") != FORMAT_VERSION:
+            raise CheckpointError(f"{path} was written by another version of drcl_fast; "
                                   f"start over with --overwrite")
-        if state["identity"] != self.identity:
-            which = [k for k in ("settings", "data") if state["identity"][k] != self.identity[k]]
-            raise CheckpointError(f"{self.path} belongs to a run with other {' and '.join(which)}; resume "
+        if record["identity"] != self.identity:
+            which = [k for k in ("settings", "data") if record["identity"][k] != self.identity[k]]
+            raise CheckpointError(f"{path} belongs to a run with other {' and '.join(which)}; resume "
                                   f"with the same flags and data, or start over with --overwrite")
-        state["rsc_results"] = {k: self._read(self.unit_path(k)) for k in state["rsc_done"]}
-        return state
+        return record
 
-    def save(self, state: dict[str, Any], label: str) -> None:
-        if not self.enabled:
-            return
-        kept = {k: v for k, v in state.items() if k != "rsc_results"}
-        atomic_write(self.path, lambda tmp: torch.save(kept, tmp))
-        self.last_saved = label
-        self._last_time = time.monotonic()
+    def save_done(self, phase: str, view: int, result_state: dict[str, Any]) -> None:
+        """The unit's result: a resumed run restores it instead of training the unit again."""
+        self._save(phase, view, {"done": True, "progress": None, "result": result_state}, "done")
 
-    def save_unit(self, view: int, result_state: dict[str, Any]) -> None:
-        if self.enabled:
-            atomic_write(self.unit_path(view), lambda tmp: torch.save(result_state, tmp))
+    def last_saved(self, phase: str, view: int) -> str:
+        return self._last_saved.get((phase, view), (0.0, "none yet"))[1]
 
-    def due(self, epoch: int) -> bool:
+    def due(self, phase: str, view: int, epoch: int) -> bool:
         if self.every is None:
-            return time.monotonic() - self._last_time >= AUTO_INTERVAL_S
+            since = self._last_saved.get((phase, view), (self._created, ""))[0]
+            return time.monotonic() - since >= AUTO_INTERVAL_S
         return self.every > 0 and epoch % self.every == 0
 
-    def epoch_hook(self, state: dict[str, Any], phase: str, view: int) -> Callable[[int, Snapshot], None]:
-        """What a training unit calls after each epoch: save the run with this unit's snapshot when due."""
+    def epoch_hook(self, phase: str, view: int) -> Callable[[int, Snapshot], None]:
+        """What a training unit calls after each epoch: save its snapshot when due."""
         def on_epoch(epoch: int, snapshot: Snapshot) -> None:
-            if self.enabled and self.due(epoch):
-                state["unit"] = {"phase": phase, "view": view, **snapshot()}
-                self.save(state, f"{phase} modality {view}, epoch {epoch}")
+            if self.enabled and self.due(phase, view, epoch):
+                self._save(phase, view, {"done": False, "progress": snapshot(), "result": None}, f"epoch {epoch}")
         return on_epoch
 
     def remove(self) -> None:
-        for path in [self.path, *self.path.parent.glob(f"{self.path.stem}.rsc*.pt")]:
+        for path in self.saved_paths():
             path.unlink(missing_ok=True)
+
+    def _save(self, phase: str, view: int, record: dict[str, Any], label: str) -> None:
+        if not self.enabled:
+            return
+        record = {"version": FORMAT_VERSION, "identity": self.identity, "phase": phase, "view": view, **record}
+        atomic_write(self.path(phase, view), lambda tmp: torch.save(record, tmp))
+        with self._lock:
+            self._last_saved[(phase, view)] = (time.monotonic(), label)
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:

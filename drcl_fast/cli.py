@@ -23,18 +23,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train as the flags say; under torchrun, this rank's share of the units (rank 0 reports)."""
+    from drcl_fast import distributed
     from drcl_fast.retrieval.report import format_table
     from drcl_fast.runlog import setup_run_logging
     from drcl_fast.solver import Solver
 
-    logger = setup_run_logging(args.out, args.datasets, args.quiet)
-    logger.debug("arguments: %s", vars(args))
-    solver = Solver(args, logging.getLogger("drcl_fast.results"))
-    solver.train()
-    metrics = solver.result.metrics
-    if metrics and not args.quiet:
-        print(format_table(metrics))
-        print(f"metrics written to {args.out.rstrip('/')}/metrics.json")
+    with distributed.process_group():
+        logger = setup_run_logging(args.out, args.datasets, args.quiet, distributed.rank())
+        logger.debug("arguments: %s", vars(args))
+        if distributed.active() and distributed.is_main():
+            logger.info("torch.distributed: %d ranks (%s)", distributed.world_size(), distributed.backend_name())
+        solver = Solver(args, logging.getLogger("drcl_fast.results"))
+        solver.train()
+        metrics = solver.result.metrics
+        if metrics and not args.quiet and distributed.is_main():
+            print(format_table(metrics))
+            print(f"metrics written to {args.out.rstrip('/')}/metrics.json")
     return 0
 
 
@@ -46,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_eval(args) if args.command == "eval" else run_train(args)
     except DRCLError as error:
         # A problem with the input or the setup: say what and where, without a traceback.
-        parser.exit(2, f"drcl-fast {args.command}: error: {error}\n")
+        from drcl_fast import distributed
+        where = f" (rank {distributed.launched_rank()})" if distributed.launched_by_torchrun() else ""
+        parser.exit(2, f"drcl-fast {args.command}{where}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class DRCLConfig:
     checkpoint_every: int | None = None    # epochs between checkpoints; None: about once a minute; 0: none
     resume: bool = False                   # continue from the checkpoint of an interrupted run
     deterministic: bool = False            # deterministic GPU kernels (CPU runs are always reproducible)
+    concurrent_units: int = 1              # modalities trained at once in this process (GPU: one stream each)
     extra: dict[str, Any] = field(default_factory=dict)  # released flags with no effect here
 
     @classmethod

@@ -78,6 +78,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(n, "checkpoint_every", type=int, default=None,
           help="epochs between checkpoints in --out/checkpoints (default: about once a minute; 0: none)")
     _flag(n, "resume", action="store_true", help="continue an interrupted run from its checkpoint (same flags)")
+    _flag(n, "concurrent_units", type=int, default=None,
+          help="modalities trained at once in this process: on a GPU one CUDA stream each; on the CPU one "
+               "thread each, one intra-op thread apiece (default: 1, one after another)")
     _flag(n, "deterministic", action="store_true", help="deterministic GPU kernels (slower; CPU runs always are)")
     _flag(n, "quiet", action="store_true", help="no progress bars or log lines on the console")
 

@@ -9,6 +9,11 @@ from torch import nn
 from drcl_fast import ops
 
 
+def head_bound(input_dim: int) -> float:
+    """The released code scales the last layer by the modality's *input* width."""
+    return 1.0 / math.sqrt(input_dim)
+
+
 class Encoder(nn.Module):
     """Linear(d, H) -> ReLU -> Linear(H, H) -> ReLU -> Linear(H, D, no bias) -> unit rows."""
 
@@ -19,9 +24,7 @@ class Encoder(nn.Module):
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
         )
         self.head = nn.Linear(hidden_dim, output_dim, bias=False)
-        # The released code scales the last layer by the modality's *input* width.
-        bound = 1.0 / math.sqrt(input_dim)
-        nn.init.uniform_(self.head.weight, -bound, bound)
+        nn.init.uniform_(self.head.weight, -head_bound(input_dim), head_bound(input_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.head(self.body(x))
@@ -42,8 +45,21 @@ class Encoder(nn.Module):
 
 def seeded_encoder(input_dim: int, hidden_dim: int, output_dim: int, seed: int,
                    device: torch.device | str = "cpu") -> Encoder:
-    """An encoder whose initial weights depend on `seed` alone, not on global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    """An encoder whose initial weights depend on `seed` alone, not on global RNG state.
+
+    The weights are those of ``torch.manual_seed(seed); Encoder(...)`` (nn.Linear's
+    initialisation layer by layer, then the head's), drawn from a generator of the
+    call's own, so that units initialising in threads at once do not share one.
+    """
+    with torch.device("meta"):
         model = Encoder(input_dim, hidden_dim, output_dim)
+    model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (model.body[0], model.body[2], model.head):
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            if layer.bias is not None:
+                bound = 1.0 / math.sqrt(layer.in_features)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+        nn.init.uniform_(model.head.weight, -head_bound(input_dim), head_bound(input_dim), generator=generator)
     return model.to(device)

@@ -8,6 +8,7 @@ Layout under the output directory `out`:
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -57,12 +58,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
+# The free text of a MAT 5 file's 116-byte header. scipy writes the time there, which would
+# make two runs with the same result differ in their bytes: this one has none.
+MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by drcl_fast"
+
+
 def save_mat(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # scipy appends ".mat" to names without it; pass a file object to keep the temp name.
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            sio.savemat(fh, arrays)
-    atomic_write(path, write)
+    buffer = io.BytesIO()
+    sio.savemat(buffer, arrays)
+    content = bytearray(buffer.getvalue())
+    content[:116] = MAT_HEADER_TEXT.ljust(116)
+    atomic_write(path, lambda tmp: tmp.write_bytes(bytes(content)))
 
 
 def save_json(path: Path, payload: dict[str, Any]) -> None:

@@ -77,7 +77,8 @@ def _warn_unlabelled(data: MultiModalData, unlabelled: list[dict[str, int]]) -> 
 
 def _check_numbers(cfg: DRCLConfig, data: MultiModalData) -> None:
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "hidden_shape": cfg.hidden_shape,
-                "sample_interval": cfg.sample_interval, "lr_SPL": cfg.lr_SPL}
+                "sample_interval": cfg.sample_interval, "lr_SPL": cfg.lr_SPL,
+                "concurrent_units": cfg.concurrent_units}
     if cfg.spl_epochs is not None:
         positive["spl_epochs"] = cfg.spl_epochs
     for name, value in positive.items():

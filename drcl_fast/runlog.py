@@ -18,22 +18,26 @@ class _FileOnly(logging.Filter):
         return not record.name.startswith(FILE_ONLY)
 
 
-def setup_run_logging(out: str | Path, dataset: str, quiet: bool) -> logging.Logger:
-    """Log to `out/logging/{dataset}.log` (appending, as the released code does) and the console."""
+def setup_run_logging(out: str | Path, dataset: str, quiet: bool, rank: int = 0) -> logging.Logger:
+    """Log to `out/logging/{dataset}.log` (appending, as the released code does) and the console.
+
+    Under torchrun, rank r > 0 logs to `{dataset}.rank{r}.log` and shows only its
+    warnings and errors on the console, marked with its rank: rank 0 reports the run.
+    """
     logger = logging.getLogger("drcl_fast")
     logger.setLevel(logging.DEBUG)  # DEBUG lines (the arguments) reach the file only
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    path = Path(out) / "logging" / f"{dataset}.log"
+    path = Path(out) / "logging" / (f"{dataset}.log" if rank == 0 else f"{dataset}.rank{rank}.log")
     path.parent.mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(path)
     file_handler.setFormatter(logging.Formatter(FORMAT))
     logger.addHandler(file_handler)
     if not quiet:
         console = logging.StreamHandler()
-        console.setLevel(logging.INFO)
-        console.setFormatter(logging.Formatter("%(message)s"))
+        console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+        console.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
         console.addFilter(_FileOnly())
         logger.addHandler(console)
     logger.propagate = False

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from drcl_fast import distributed
 from drcl_fast.data import load_dataset
 from drcl_fast.flags import add_train_flags, config_from_flags
 from drcl_fast.retrieval.report import result_line
@@ -40,10 +41,13 @@ class Solver:
         """Train, write the released files, print and log the result lines.
 
         Returns the K x K MAP@50 matrix as the released code does (or the
-        training time in seconds with `running_time`).
+        training time in seconds with `running_time`). Under torchrun, ranks
+        other than 0 train their share of the units and return zeros.
         """
         start = time.time()
         self.result = fit(self.data, self.config, progress=not self.config.quiet)
+        if not distributed.is_main():   # under torchrun, rank 0 reports the run
+            return np.zeros((self.n_view, self.n_view))
         if self.config.extra.get("running_time"):
             elapsed = time.time() - start
             print(f"runing_time: {elapsed}")

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from drcl_fast import outputs, preflight, runtime
+from drcl_fast import distributed, outputs, preflight, runtime
 from drcl_fast.checkpoint import Checkpointer, fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
@@ -19,6 +21,7 @@ from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
 from drcl_fast.rsc import RSCResult, RSCSettings, train_rsc
 from drcl_fast.spl import SPLResult, initial_prior, learn_prior, select_prior
+from drcl_fast.units import Unit, plan, plan_lines, run_concurrently
 
 log = logging.getLogger("drcl_fast")
 
@@ -68,7 +71,7 @@ def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResu
     """
     check_dataset_name(cfg, data)
     views = preflight.check_run(cfg, data)
-    device = runtime.resolve_device(cfg.device)
+    device = runtime.resolve_device(distributed.rank_device(cfg.device))
     runtime.check_backends(cfg.backend, device)
     with runtime.deterministic_algorithms(cfg.deterministic):
         return _fit(data, cfg, views, device, progress)
@@ -85,47 +88,110 @@ def check_dataset_name(cfg: DRCLConfig, data: MultiModalData) -> None:
 
 def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.device,
          progress: bool) -> FitResult:
-    lrs = cfg.learning_rates(data.num_modalities)
     identity = fingerprint(cfg, data) if cfg.checkpoint_every != 0 or cfg.resume else {}
     checkpointer = Checkpointer(cfg.out, cfg.datasets, cfg.view_id, cfg.checkpoint_every, identity)
-    state = checkpointer.load() if cfg.resume else None
-    if state is None:
+    saved = checkpointer.saved_paths() if cfg.resume else []
+    if not saved:
         try:
-            outputs.refuse_overwrite(planned_outputs(cfg, data, views), cfg.overwrite)
+            outputs.refuse_overwrite(planned_outputs(cfg, data, views) if distributed.is_main() else [],
+                                     cfg.overwrite)
         except OutputExistsError as error:
             if cfg.resume:  # say why there is nothing to continue
-                raise OutputExistsError(f"nothing to resume: no checkpoint at {checkpointer.path} (a run "
-                                        f"removes it when it completes), and {error}") from None
+                raise OutputExistsError(f"nothing to resume: no checkpoint in {checkpointer.folder} (a run "
+                                        f"removes them when it completes), and {error}") from None
             raise
         if cfg.resume:
-            log.info("no checkpoint at %s: starting from the beginning", checkpointer.path)
-        state = checkpointer.fresh_state()
+            log.info("no checkpoint in %s: starting from the beginning", checkpointer.folder)
     else:
-        log.info("resuming from %s", checkpointer.path)
+        log.info("resuming from the %d unit checkpoint(s) in %s", len(saved), checkpointer.folder)
     log.info("dataset %s: %d modalities %s, %d classes (%s), D=%d, H=%d, device %s",
              data.name, data.num_modalities, data.modalities, data.num_classes,
              "multi-label" if data.multilabel else "single-label", output_dim(cfg, data),
              cfg.hidden_shape, device)
 
+    run = _Run(cfg, data, device, progress and distributed.is_main(), checkpointer)
     started = time.perf_counter()
-    try:
-        result = _prior(cfg, data, device, progress, state, checkpointer)
-        result.phase_seconds["spl"] = time.perf_counter() - started
-        for k in views:
-            result.rsc[k] = _rsc_unit(cfg, data, k, lrs[k], result, device, progress, state, checkpointer)
-        result.phase_seconds["rsc"] = time.perf_counter() - started - result.phase_seconds["spl"]
-    except NonFiniteLossError as error:
-        raise NonFiniteLossError(f"{error}. The last good checkpoint ({checkpointer.last_saved}) is "
-                                 f"{checkpointer.path}" if checkpointer.enabled else str(error)) from None
-    if result.train_flops:
-        result.floor = Floor(result.train_flops, matrix_rate(cfg.hidden_shape, cfg.batch_size, device),
+    result = _prior(run)
+    result.phase_seconds["spl"] = time.perf_counter() - started
+    lrs = cfg.learning_rates(data.num_modalities)
+    trained = run.phase([run.unit("rsc", k) for k in views],
+                        lambda unit: _rsc_unit(run, unit, lrs[unit.view], result.prior))
+    result.rsc = {k: RSCResult.from_state(state)
+                  for part in distributed.gather_to_main(trained) for k, state in part.items()}
+    result.phase_seconds["rsc"] = time.perf_counter() - started - result.phase_seconds["spl"]
+    result.train_flops = run.flops
+    if run.flops:
+        result.floor = Floor(run.flops, matrix_rate(cfg.hidden_shape, cfg.batch_size, device),
                              result.phase_seconds["spl"] + result.phase_seconds["rsc"])
         log.info(result.floor.line())
-    evaluation = time.perf_counter()
-    result.metrics = evaluate_saved(cfg, data, views, result, device, progress)
-    result.phase_seconds["evaluation"] = time.perf_counter() - evaluation
+    if distributed.is_main():
+        for k in views:
+            rsc = result.rsc[k]
+            outputs.save_mat(outputs.features_path(cfg.out, cfg.datasets, k),
+                             {"test_fea": rsc.test_embeddings, "test_lab": rsc.test_labels,
+                              "test_pred": rsc.test_probabilities})
+        evaluation = time.perf_counter()
+        result.metrics = evaluate_saved(cfg, data, views, result, device, run.progress)
+        result.phase_seconds["evaluation"] = time.perf_counter() - evaluation
+    distributed.wait_for_all("outputs written")
     checkpointer.remove()  # the run is complete: its outputs hold everything
     return result
+
+
+class _Run:
+    """What every unit of one run shares: settings, data, device, checkpoints, and the work done so far."""
+
+    def __init__(self, cfg: DRCLConfig, data: MultiModalData, device: torch.device, progress: bool,
+                 checkpointer: Checkpointer) -> None:
+        self.cfg, self.data, self.device, self.progress = cfg, data, device, progress
+        self.checkpointer = checkpointer
+        self.flops = 0   # the encoder products of the units this process trained
+        self._lock = threading.Lock()
+
+    def unit(self, phase: str, k: int) -> Unit:
+        rows, width = self.data.train.features[k].shape
+        return Unit(phase, k, self.data.modalities[k], rows * width)
+
+    def phase(self, todo: list[Unit], train: Callable[[Unit], dict]) -> dict[int, dict]:
+        """This rank's share of `todo` trained (or restored), as {view: result state}, once every rank is done."""
+        assignment = plan(todo, distributed.world_size())
+        if distributed.active() and distributed.is_main():
+            for line in plan_lines(assignment):
+                log.info("%s plan: %s", todo[0].phase.upper() if todo else "", line)
+        mine = assignment[distributed.rank()]
+        if not mine and distributed.active():
+            log.info("rank %d has no %s unit: waiting for the others", distributed.rank(),
+                     todo[0].phase.upper() if todo else "")
+        done = run_concurrently(mine, lambda unit: self._named(unit, train), self.device, self.cfg.concurrent_units)
+        distributed.wait_for_all(f"{todo[0].phase if todo else 'no'} units")
+        return {unit.view: state for unit, state in done.items()}
+
+    def resume_point(self, unit: Unit) -> tuple[dict | None, dict | None]:
+        """(the unit's saved result, its saved progress): what its checkpoint holds, if any."""
+        record = self.checkpointer.load(unit.phase, unit.view) if self.cfg.resume else None
+        if record is None:
+            return None, None
+        return (record["result"], None) if record["done"] else (None, record["progress"])
+
+    def count(self, shape: UnitShape) -> None:
+        with self._lock:
+            self.flops += unit_flops(shape)
+
+    def _named(self, unit: Unit, train: Callable[[Unit], dict]) -> dict:
+        """train(unit), its failure said with the unit (and the rank) and where its last checkpoint is."""
+        try:
+            return train(unit)
+        except NonFiniteLossError as error:
+            if not self.checkpointer.enabled:
+                raise
+            raise NonFiniteLossError(f"{error}. The last good checkpoint "
+                                     f"({unit.phase} modality {unit.view}, "
+                                     f"{self.checkpointer.last_saved(unit.phase, unit.view)}) is "
+                                     f"{self.checkpointer.path(unit.phase, unit.view)}") from None
+        except BaseException:
+            if distributed.active():
+                log.error("rank %d stopped in %s", distributed.rank(), unit.label)
+            raise
 
 
 def unit_shape(cfg: DRCLConfig, m: ModalityData, d: int, c: int, phase: str, resume: dict | None) -> UnitShape:
@@ -139,29 +205,21 @@ def unit_shape(cfg: DRCLConfig, m: ModalityData, d: int, c: int, phase: str, res
                      trains_prior=phase == "spl")
 
 
-def _rsc_unit(cfg: DRCLConfig, data: MultiModalData, k: int, lr: float, result: FitResult,
-              device: torch.device, progress: bool, state: dict, checkpointer: Checkpointer) -> RSCResult:
-    """Modality k's RSC result: restored if a checkpoint holds it, else trained (resumed if started)."""
-    if k in state["rsc_done"]:
-        rsc = RSCResult.from_state(state["rsc_results"][k])
+def _rsc_unit(run: _Run, unit: Unit, lr: float, prior: torch.Tensor) -> dict:
+    """Modality k's RSC result state: restored if its checkpoint holds it, else trained (resumed if started)."""
+    done, resume = run.resume_point(unit)
+    if done is not None:
+        rsc = RSCResult.from_state(done)
     else:
-        unit = state["unit"]
-        resume = unit if unit is not None and (unit["phase"], unit["view"]) == ("rsc", k) else None
-        log.info("RSC on modality %d (%s), lr %g%s", k, data.modalities[k], lr,
+        log.info("RSC on modality %d (%s), lr %g%s", unit.view, unit.name, lr,
                  f", resumed after epoch {resume['epoch']}" if resume else "")
-        m = ModalityData.from_dataset(data, k, device)
-        result.train_flops += unit_flops(unit_shape(cfg, m, *result.prior.shape, "rsc", resume))
-        rsc = train_rsc(m, result.prior, rsc_settings(cfg, lr),
-                        progress=progress, resume=resume, on_epoch=checkpointer.epoch_hook(state, "rsc", k))
-        checkpointer.save_unit(k, rsc.to_state())
-        state["rsc_done"].append(k)
-        state["unit"] = None
-        checkpointer.save(state, f"rsc modality {k} done")
+        m = ModalityData.from_dataset(run.data, unit.view, run.device)
+        run.count(unit_shape(run.cfg, m, *prior.shape, "rsc", resume))
+        rsc = train_rsc(m, prior, rsc_settings(run.cfg, lr), progress=run.progress, resume=resume,
+                        on_epoch=run.checkpointer.epoch_hook("rsc", unit.view))
+        run.checkpointer.save_done("rsc", unit.view, rsc.to_state())
     log.info("RSC %s: best epoch %d, validation J %.5f", rsc.modality, rsc.best_epoch, rsc.best_val_loss)
-    outputs.save_mat(outputs.features_path(cfg.out, cfg.datasets, k),
-                     {"test_fea": rsc.test_embeddings, "test_lab": rsc.test_labels,
-                      "test_pred": rsc.test_probabilities})
-    return rsc
+    return rsc.to_state()
 
 
 def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], result: FitResult,
@@ -190,8 +248,28 @@ def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], resu
     return metrics
 
 
-def _prior(cfg: DRCLConfig, data: MultiModalData, device: torch.device, progress: bool,
-           state: dict, checkpointer: Checkpointer) -> FitResult:
+def _spl_unit(run: _Run, unit: Unit, w0: torch.Tensor) -> dict:
+    """Modality k's SPL result state: restored if its checkpoint holds it, else trained (resumed if started)."""
+    done, resume = run.resume_point(unit)
+    if done is not None:
+        return done
+    cfg = run.cfg
+    log.info("SPL on modality %d (%s)%s", unit.view, unit.name,
+             f", resumed after epoch {resume['epoch']}" if resume else "")
+    m = ModalityData.from_dataset(run.data, unit.view, run.device)
+    run.count(unit_shape(cfg, m, *w0.shape, "spl", resume))
+    r = learn_prior(m, w0, epochs=cfg.spl_epoch_count, batch_size=cfg.batch_size, lr=cfg.lr_SPL,
+                    hidden_dim=cfg.hidden_shape, sample_interval=cfg.sample_interval, seed=cfg.seed,
+                    backend=cfg.backend, progress=run.progress, resume=resume,
+                    on_epoch=run.checkpointer.epoch_hook("spl", unit.view))
+    run.checkpointer.save_done("spl", unit.view, r.to_state())
+    log.info("SPL %s: best score %.5f at epoch %d", r.modality, r.best_score, r.best_epoch)
+    return r.to_state()
+
+
+def _prior(run: _Run) -> FitResult:
+    """The frozen prior W of RSC, from SPL (every rank makes the same choice), W0 or a file."""
+    cfg, data = run.cfg, run.data
     d, c = output_dim(cfg, data), data.num_classes
     w0 = initial_prior(d, c, cfg.seed)
     if cfg.prior == "w0":
@@ -201,29 +279,16 @@ def _prior(cfg: DRCLConfig, data: MultiModalData, device: torch.device, progress
         log.info("prior W read from %s", path)
         return FitResult(data.modalities, torch.from_numpy(outputs.load_prior_file(path, d, c)), f"file:{path}")
 
-    spl = [SPLResult.from_state(r) for r in state["spl_done"]]
-    flops = 0
-    for k in range(len(spl), data.num_modalities):
-        unit = state["unit"]
-        resume = unit if unit is not None and (unit["phase"], unit["view"]) == ("spl", k) else None
-        log.info("SPL on modality %d (%s)%s", k, data.modalities[k],
-                 f", resumed after epoch {resume['epoch']}" if resume else "")
-        m = ModalityData.from_dataset(data, k, device)
-        flops += unit_flops(unit_shape(cfg, m, d, c, "spl", resume))
-        r = learn_prior(m, w0, epochs=cfg.spl_epoch_count,
-                        batch_size=cfg.batch_size, lr=cfg.lr_SPL, hidden_dim=cfg.hidden_shape,
-                        sample_interval=cfg.sample_interval, seed=cfg.seed, backend=cfg.backend,
-                        progress=progress, resume=resume, on_epoch=checkpointer.epoch_hook(state, "spl", k))
-        spl.append(r)
-        state["spl_done"].append(r.to_state())
-        state["unit"] = None
-        checkpointer.save(state, f"spl modality {k} done")
-        log.info("SPL %s: best score %.5f at epoch %d", r.modality, r.best_score, r.best_epoch)
-    for k, r in enumerate(spl):
-        kept = r.final_prior if cfg.released_prior_slip else r.best_prior
-        outputs.save_mat(outputs.prior_path(cfg.out, cfg.datasets, d, c, k), {"W": kept.numpy()})
+    trained = run.phase([run.unit("spl", k) for k in range(data.num_modalities)],
+                        lambda unit: _spl_unit(run, unit, w0))
+    states = {k: state for part in distributed.all_gather(trained) for k, state in part.items()}
+    spl = [SPLResult.from_state(states[k]) for k in range(data.num_modalities)]
     choice, prior = select_prior(spl, cfg.released_prior_slip)
-    outputs.save_mat(outputs.prior_path(cfg.out, cfg.datasets, d, c), {"W": prior.numpy()})
+    if distributed.is_main():
+        for k, r in enumerate(spl):
+            kept = r.final_prior if cfg.released_prior_slip else r.best_prior
+            outputs.save_mat(outputs.prior_path(cfg.out, cfg.datasets, d, c, k), {"W": kept.numpy()})
+        outputs.save_mat(outputs.prior_path(cfg.out, cfg.datasets, d, c), {"W": prior.numpy()})
     log.info("prior W: SPL's W_k of modality %d (%s), score %.5f", choice, data.modalities[choice],
              spl[choice].best_score)
-    return FitResult(data.modalities, prior, f"spl:{data.modalities[choice]}", spl, choice, train_flops=flops)
+    return FitResult(data.modalities, prior, f"spl:{data.modalities[choice]}", spl, choice)

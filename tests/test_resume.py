@@ -68,7 +68,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
         b = sio.loadmat(reference / "features" / f"mfeat_{k}.mat")
         for key in ("test_fea", "test_pred"):
             np.testing.assert_array_equal(a[key], b[key])
-    assert not (out / "checkpoints" / "mfeat.pt").exists()    # removed once the run completed
+    assert not list((out / "checkpoints").glob("*.pt"))    # removed once the run completed
 
 
 def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, tiny_config, monkeypatch):
@@ -86,9 +86,12 @@ def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, ti
         fit(mfeat, cfg, progress=False)
     monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", real)
 
-    state = torch.load(Path(cfg.out) / "checkpoints" / "mfeat.pt", weights_only=True)
-    assert len(state["spl_done"]) == 6 and state["rsc_done"] == []
-    assert (state["unit"]["phase"], state["unit"]["view"], state["unit"]["epoch"]) == ("rsc", 0, 2)
+    folder = Path(cfg.out) / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["mfeat.rsc0.pt"] + [f"mfeat.spl{k}.pt" for k in range(6)]
+    spl = [torch.load(folder / f"mfeat.spl{k}.pt", weights_only=True) for k in range(6)]
+    assert all(record["done"] and record["result"]["scores"] for record in spl)
+    unit = torch.load(folder / "mfeat.rsc0.pt", weights_only=True)
+    assert (unit["phase"], unit["view"], unit["done"], unit["progress"]["epoch"]) == ("rsc", 0, False, 2)
     with pytest.raises(CheckpointError, match="other settings"):
         fit(mfeat, cfg.replace(resume=True, alpha=0.2), progress=False)
     resumed = fit(mfeat, cfg.replace(resume=True), progress=False)
@@ -112,6 +115,6 @@ def test_non_finite_loss_stops_naming_epoch_and_term_and_keeps_the_checkpoint(mf
     with pytest.raises(NonFiniteLossError, match=r"'fou', epoch 3: non-finite J_D at batch 1;") as err:
         fit(mfeat, cfg, progress=False)
     assert "rsc modality 0, epoch 2" in str(err.value)
-    state = torch.load(Path(cfg.out) / "checkpoints" / "mfeat.pt", weights_only=True)
-    assert state["unit"]["epoch"] == 2
-    assert all(torch.isfinite(p).all() for p in state["unit"]["encoder"].values())
+    unit = torch.load(Path(cfg.out) / "checkpoints" / "mfeat.rsc0.pt", weights_only=True)
+    assert unit["progress"]["epoch"] == 2
+    assert all(torch.isfinite(p).all() for p in unit["progress"]["encoder"].values())
