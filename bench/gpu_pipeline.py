@@ -6,7 +6,9 @@ D 2,048, batch 1,024, 200 epochs; RSC rates 1e-4), SPL then RSC on both views, t
 end and per phase, with the MAP@all of each run:
 
 - the reference trainer (`backend="torch"`, float32, cuBLAS without TF32);
-- the fast trainer (Triton kernels) in strict float32, TF32 (the default) and bf16.
+- the fast trainer (Triton kernels) in strict float32, TF32 (the default) and bf16;
+- the fast trainer in TF32 with both views' units at once (`concurrent_units=2`: a CUDA
+  stream each), and whether its embeddings equal those of the one-after-another run.
 
 The released code reports 132 s for this run on its authors' GPU. Run by
 bench/gpu_suite.py (`--only gpu_pipeline`); `--smoke` runs it at tiny sizes on the CPU
@@ -50,6 +52,7 @@ def wiki_shaped(rows: tuple[int, int, int], widths: tuple[int, ...], classes: in
 
 
 def one_run(data: MultiModalData, device: str, backend: str, overrides: dict) -> dict:
+    """Wall times, MAP@all and the test embeddings of one fit."""
     with tempfile.TemporaryDirectory() as out:
         cfg = DRCLConfig.preset("wiki", out=out, quiet=True, overwrite=True, device=device, backend=backend,
                                 **overrides)
@@ -57,7 +60,8 @@ def one_run(data: MultiModalData, device: str, backend: str, overrides: dict) ->
         result = fit(data, cfg, progress=False)
         if device == "cuda":
             torch.cuda.synchronize()
-        return {"total": time.perf_counter() - start, **result.phase_seconds, "map": result.metrics[0].mean}
+        return {"total": time.perf_counter() - start, **result.phase_seconds, "map": result.metrics[0].mean,
+                "embeddings": [result.rsc[k].test_embeddings for k in sorted(result.rsc)]}
 
 
 def pipeline(suite, cfg: dict, fast: str) -> None:
@@ -68,15 +72,23 @@ def pipeline(suite, cfg: dict, fast: str) -> None:
     for name in ("fp32", "tf32", "bf16"):
         with precision(name), cublas_tf32(False):
             runs[f"fast ({fast}, {name})"] = one_run(data, suite.device, fast, cfg["overrides"])
+    with precision("tf32"), cublas_tf32(False):
+        runs[f"fast ({fast}, tf32, units at once)"] = one_run(data, suite.device, fast,
+                                                             {**cfg["overrides"], "concurrent_units": 2})
     reference = runs["reference (torch, fp32)"]["total"]
+    alone = runs[f"fast ({fast}, tf32)"]["embeddings"]
     for case, r in runs.items():
+        same = ""
+        if "units at once" in case:
+            same = "; embeddings " + ("equal" if all(np.array_equal(a, b) for a, b in zip(r["embeddings"], alone))
+                                      else "DIFFER from") + " the one-after-another run"
         suite.add(SECTION, f"wiki-shaped run, {case}" + (" (smoke)" if suite.smoke else ""),
                   f"{r['total']:.1f} s end to end: SPL {r['spl']:.1f} s, RSC {r['rsc']:.1f} s, "
-                  f"evaluation {r['evaluation']:.1f} s; MAP@all {r['map']:.4f}",
+                  f"evaluation {r['evaluation']:.1f} s; MAP@all {r['map']:.4f}{same}",
                   f"{reference / r['total']:.2f}x the reference; released code: {RELEASED_SECONDS} s on its GPU")
 
 
 def run(suite) -> None:
     cfg = SMOKE if suite.smoke else FULL
     with fast_dispatch(suite.device) as fast:
-        guarded(suite, "pipeline", lambda: pipeline(suite, cfg, fast))
+        guarded(suite, "pipeline", lambda: pipeline(suite, cfg, fast), SECTION)

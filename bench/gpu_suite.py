@@ -5,7 +5,8 @@
 
 Each section lives in its own module (bench/gpu_map.py: retrieval evaluation;
 bench/gpu_train.py: the fused training kernels; bench/gpu_pipeline.py: the whole
-Wikipedia-shaped run, reference trainer against the fast one; bench/gpu_kernels.py: registers, spills and
+Wikipedia-shaped run, reference trainer against the fast one; bench/gpu_distributed.py:
+a one-rank torchrun run against the plain one; bench/gpu_kernels.py: registers, spills and
 shared memory of every Triton kernel that ran, on this card) and exposes
 `run(suite: Suite) -> None`, which adds rows to the suite's one table. Without
 a GPU, `--smoke` runs every section at tiny sizes under TRITON_INTERPRET=1 so
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECTIONS = ("gpu_map", "gpu_train", "gpu_pipeline", "gpu_kernels")   # gpu_kernels last: it reports what ran
+SECTIONS = ("gpu_map", "gpu_train", "gpu_pipeline", "gpu_distributed", "gpu_kernels")   # gpu_kernels last: it reports what ran
 
 
 @dataclass

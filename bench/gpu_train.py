@@ -253,17 +253,18 @@ def mfeat_precision(suite, fast: str) -> None:
               f"bar {MAP_BAR}: {'ok' if gap <= MAP_BAR else 'FAIL'}")
 
 
-def guarded(suite, name: str, fn: Callable[[], object]) -> object:
-    """Run one step; an exception becomes a FAIL row (traceback on stderr), so one GPU call reports them all."""
+def guarded(suite, name: str, fn: Callable[[], object], section: str = SECTION) -> object:
+    """Run one step; an exception becomes a FAIL row of `section` (traceback on stderr), so one GPU call
+    reports them all."""
     start = time.perf_counter()
     try:
         return fn()
     except Exception as error:  # noqa: BLE001 - every failure is reported, then the next step runs
         traceback.print_exc()
-        suite.add(SECTION, name, f"ERROR {type(error).__name__}: {error}"[:300], "FAIL")
+        suite.add(section, name, f"ERROR {type(error).__name__}: {error}"[:300], "FAIL")
         return None
     finally:
-        print(f"[{SECTION}] {name}: {time.perf_counter() - start:.1f} s", flush=True)
+        print(f"[{section}] {name}: {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def run(suite) -> None:

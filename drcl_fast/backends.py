@@ -100,7 +100,7 @@ def pick(op: str, backend: str, device: torch.device | str, impls: Mapping[str, 
             raise BackendError(
                 f"{op}: backend {backend!r} is not available here (usable: {', '.join(have)}); "
                 f"pass backend='auto' or one of those")
-        if backend == "triton" and device_type != "cuda" and not _triton_interpreted():
+        if backend == "triton" and device_type != "cuda" and not triton_interpreted():
             raise BackendError(f"{op}: backend 'triton' needs CUDA tensors, got {device_type} tensors; "
                                f"move the inputs to a GPU or pass backend='auto'")
         return backend
@@ -116,6 +116,6 @@ def pick(op: str, backend: str, device: torch.device | str, impls: Mapping[str, 
     return "torch"
 
 
-def _triton_interpreted() -> bool:
+def triton_interpreted() -> bool:
     """Triton's CPU interpreter is on: its kernels then run on CPU tensors (slowly), as the tests run them."""
     return os.environ.get("TRITON_INTERPRET") == "1"

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from drcl_fast import distributed, outputs, preflight, runtime
+from drcl_fast import backends, distributed, outputs, preflight, runtime
 from drcl_fast.checkpoint import Checkpointer, fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
@@ -162,9 +162,17 @@ class _Run:
         if not mine and distributed.active():
             log.info("rank %d has no %s unit: waiting for the others", distributed.rank(),
                      todo[0].phase.upper() if todo else "")
-        done = run_concurrently(mine, lambda unit: self._named(unit, train), self.device, self.cfg.concurrent_units)
+        done = run_concurrently(mine, lambda unit: self._named(unit, train), self.device, self.concurrency())
         distributed.wait_for_all(f"{todo[0].phase if todo else 'no'} units")
         return {unit.view: state for unit, state in done.items()}
+
+    def concurrency(self) -> int:
+        """Units at once: as configured, except under Triton's interpreter, which runs one kernel at a time."""
+        if self.cfg.concurrent_units > 1 and backends.triton_interpreted():
+            backends.say_once(("concurrent_units", "interpreter"), "concurrent_units: Triton's interpreter "
+                              "(TRITON_INTERPRET=1) is not thread-safe; training the units one after another")
+            return 1
+        return self.cfg.concurrent_units
 
     def resume_point(self, unit: Unit) -> tuple[dict | None, dict | None]:
         """(the unit's saved result, its saved progress): what its checkpoint holds, if any."""

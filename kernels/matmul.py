@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import torch
 import triton
@@ -213,6 +214,12 @@ def make_launcher(fn=None, configs: list[triton.Config] | None = None, do_bench=
                            pre_hook=keep.pre, post_hook=keep.post, do_bench=do_bench)(fn or _matmul_kernel)
 
 
+# Units training at once launch from several threads. A launch whose key is not tuned yet
+# benchmarks the configurations, with the pre/post hooks' saved copy of row_sq in shared
+# state: one launch at a time keeps those apart and the timings clean. The GIL already
+# serialises the Python side of a launch, so this costs nothing once tuned.
+_LAUNCH_LOCK = threading.Lock()
+
 if INTERPRET:
     _launch = _matmul_kernel
     _FIXED = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}
@@ -234,11 +241,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None = None
     c = torch.empty((m, n), device=a.device, dtype=a.dtype)
     dummy = c   # stands in for absent optional pointers; never read
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-    _launch[grid](a, b, c, dummy if bias is None else bias, dummy if gate is None else gate,
-                  dummy if row_sq is None else row_sq, m, n, k,
-                  a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-                  HAS_BIAS=bias is not None, RELU=relu, GATED=gate is not None, ROW_SQ=row_sq is not None,
-                  PRECISION=dot_precision(a.dtype == torch.float64),
-                  ACC=tl.float64 if a.dtype == torch.float64 else tl.float32,
-                  A_K_CONTIG=a.stride(1) == 1, B_N_CONTIG=b.stride(1) == 1, **_FIXED)
+    with _LAUNCH_LOCK:
+        _launch[grid](a, b, c, dummy if bias is None else bias, dummy if gate is None else gate,
+                      dummy if row_sq is None else row_sq, m, n, k,
+                      a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+                      HAS_BIAS=bias is not None, RELU=relu, GATED=gate is not None, ROW_SQ=row_sq is not None,
+                      PRECISION=dot_precision(a.dtype == torch.float64),
+                      ACC=tl.float64 if a.dtype == torch.float64 else tl.float32,
+                      A_K_CONTIG=a.stride(1) == 1, B_N_CONTIG=b.stride(1) == 1, **_FIXED)
     return c

@@ -91,6 +91,17 @@ def test_gpu_suite_train_section_smoke(tmp_path):
 def test_gpu_suite_pipeline_section_smoke():
     out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_pipeline", env={"TRITON_INTERPRET": "1"})
     rows = [line for line in out.splitlines() if line.startswith("| gpu_pipeline |")]
-    assert len(rows) == 4 and not any("FAIL" in row for row in rows), out
-    for row, case in zip(rows, ("reference (torch, fp32)", "fast (auto, fp32)", "fast (auto, tf32)", "fast (auto, bf16)")):
+    assert len(rows) == 5 and not any("FAIL" in row for row in rows), out
+    cases = ("reference (torch, fp32)", "fast (auto, fp32)", "fast (auto, tf32)", "fast (auto, bf16)",
+             "fast (auto, tf32, units at once)")
+    for row, case in zip(rows, cases):
         assert case in row and "s end to end: SPL" in row and "MAP@all 0." in row, row
+    # Under the interpreter the units run one after another (it is not thread-safe): the equality the
+    # row reports is checked on a GPU; tests/test_units.py checks units at once on the CPU.
+    assert "the one-after-another run" in rows[-1]
+
+
+def test_gpu_suite_distributed_section_smoke():
+    out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_distributed", env={"TRITON_INTERPRET": "1"})
+    rows = [line for line in out.splitlines() if line.startswith("| gpu_distributed |")]
+    assert len(rows) == 1 and "14 files equal byte for byte" in rows[0] and "FAIL" not in rows[0], out
