@@ -89,6 +89,10 @@ class Checkpointer:
         """The unit's result: a resumed run restores it instead of training the unit again."""
         self._save(phase, view, {"done": True, "progress": None, "result": result_state}, "done")
 
+    def save_progress(self, phase: str, view: int, progress: dict[str, Any], label: str) -> None:
+        """The unit's state now, whether or not an epoch's save is due (a learning-rate search's round)."""
+        self._save(phase, view, {"done": False, "progress": progress, "result": None}, label)
+
     def last_saved(self, phase: str, view: int) -> str:
         return self._last_saved.get((phase, view), (0.0, "none yet"))[1]
 
@@ -98,11 +102,12 @@ class Checkpointer:
             return time.monotonic() - since >= AUTO_INTERVAL_S
         return self.every > 0 and epoch % self.every == 0
 
-    def epoch_hook(self, phase: str, view: int) -> Callable[[int, Snapshot], None]:
-        """What a training unit calls after each epoch: save its snapshot when due."""
+    def epoch_hook(self, phase: str, view: int, extra: dict[str, Any] | None = None
+                   ) -> Callable[[int, Snapshot], None]:
+        """What a training unit calls after each epoch: save its snapshot (and `extra`) when due."""
         def on_epoch(epoch: int, snapshot: Snapshot) -> None:
             if self.enabled and self.due(phase, view, epoch):
-                self._save(phase, view, {"done": False, "progress": snapshot(), "result": None}, f"epoch {epoch}")
+                self.save_progress(phase, view, {**snapshot(), **(extra or {})}, f"epoch {epoch}")
         return on_epoch
 
     def remove(self) -> None:

@@ -25,7 +25,7 @@ class DRCLConfig:
     """
 
     datasets: str = "wiki"
-    lr: list[float] | None = None          # RSC learning rate per modality; None: the preset's
+    lr: list[float | str] | str | None = None   # RSC rate per modality, or "auto" (searched); None: the preset's
     lr_SPL: float = 5e-4
     prior: str = "spl"
     batch_size: int = 1024
@@ -52,6 +52,7 @@ class DRCLConfig:
     resume: bool = False                   # continue from the checkpoint of an interrupted run
     deterministic: bool = False            # deterministic GPU kernels (CPU runs are always reproducible)
     concurrent_units: int = 1              # modalities trained at once in this process (GPU: one stream each)
+    lr_criterion: str = "val_loss"         # what --lr auto ranks rates by: "val_loss" or "val_map"
     extra: dict[str, Any] = field(default_factory=dict)  # released flags with no effect here
 
     @classmethod
@@ -60,8 +61,11 @@ class DRCLConfig:
         base = {**PRESETS.get(dataset, {}), **overrides}
         return cls(datasets=dataset, **base)
 
-    def learning_rates(self, num_modalities: int) -> list[float]:
-        """One RSC rate per modality: `lr`, else the released default list (indexed by view, as there)."""
+    def learning_rates(self, num_modalities: int) -> list[float | str]:
+        """One RSC rate per modality ("auto": searched): `lr`, else the released default list (indexed by
+        view, as there)."""
+        if isinstance(self.lr, str):
+            return [self.lr] * num_modalities
         if self.lr is not None:
             return list(self.lr)
         if num_modalities > len(RELEASED_LR):

@@ -32,9 +32,25 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_ENV)
 
 
+_alone = 0   # > 0 inside alone(): this process's work is its own
+
+
 def active() -> bool:
-    """Whether a process group of more than one rank is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether a process group of more than one rank is initialised (and not set aside by `alone()`)."""
+    return _alone == 0 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Within: this process works as if on its own, even in a group; for work that is
+    already split over the ranks (one point of a study, say), so that its run trains
+    every unit itself and writes its own files."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
 
 
 def rank() -> int:

@@ -41,11 +41,23 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     parser.add_argument(*dict.fromkeys(spellings), dest=name, **kwargs)
 
 
+def rate(text: str) -> float | str:
+    """A learning rate: a number, or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+
+
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     boolean = dict(type=str2bool, nargs="?", const=True, metavar="BOOL")
     g = parser.add_argument_group("released main.py flags (None: the dataset's preset)")
     _flag(g, "datasets", default="wiki", help="wiki, xmedia, xmedianet, nus, INRIA-Websearch, mfeat (default: wiki)")
-    _flag(g, "lr", type=float, nargs="+", default=None, help="RSC learning rate per modality")
+    _flag(g, "lr", type=rate, nargs="+", default=None,
+          help="RSC learning rate per modality; 'auto' searches it on the training and validation data "
+               "(one 'auto' for all, or e.g. '1e-3 auto')")
     _flag(g, "lr_SPL", type=float, default=None, help="SPL learning rate (5e-4)")
     _flag(g, "wselect", default=None, help="learn the prior with SPL (True, the released default) or read "
           "PriorW/W_{D}X{C}{dataset}.mat (False)", **boolean)
@@ -81,6 +93,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(n, "concurrent_units", type=int, default=None,
           help="modalities trained at once in this process: on a GPU one CUDA stream each; on the CPU one "
                "thread each, one intra-op thread apiece (default: 1, one after another)")
+    _flag(n, "lr_criterion", choices=("val_loss", "val_map"), default=None,
+          help="what --lr auto ranks rates by: the validation loss J (default) or the validation rows' "
+               "MAP against the training rows (docs/lr_search.md)")
     _flag(n, "deterministic", action="store_true", help="deterministic GPU kernels (slower; CPU runs always are)")
     _flag(n, "quiet", action="store_true", help="no progress bars or log lines on the console")
 
@@ -100,6 +115,8 @@ def config_from_flags(ns: argparse.Namespace) -> DRCLConfig:
     if flags.get("resume") and flags.get("overwrite"):
         raise ConfigError("--resume continues a run and --overwrite starts it over; give one of them")
     given.pop("datasets")
+    if given.get("lr") == ["auto"]:   # one 'auto' stands for every modality
+        given["lr"] = "auto"
     return DRCLConfig.preset(dataset, **given)
 
 

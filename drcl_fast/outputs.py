@@ -5,6 +5,7 @@ Layout under the output directory `out`:
   PriorW/W_{D}X{C}{dataset}{k}.mat   SPL's W_k of modality k
   features/{dataset}_{k}.mat         test_fea, test_lab, test_pred of modality k
   metrics.json                       MAP@all and MAP@50, every direction and the mean
+  lr_search.json                     with --lr auto: each searched modality's candidates and choice
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def features_path(out: str | Path, dataset: str, k: int) -> Path:
 
 def metrics_path(out: str | Path) -> Path:
     return Path(out) / "metrics.json"
+
+
+def lr_search_path(out: str | Path) -> Path:
+    return Path(out) / "lr_search.json"
 
 
 def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:

@@ -1,6 +1,7 @@
 """Everything checked before a run trains: arguments against each other, the data and the machine."""
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import SPLITS, MultiModalData
 from drcl_fast.errors import ConfigError, DataError, DataWarning, OutputError
+from drcl_fast.lr_search import AUTO, CRITERIA
 
 
 def check_run(cfg: DRCLConfig, data: MultiModalData) -> list[int]:
@@ -20,7 +22,7 @@ def check_run(cfg: DRCLConfig, data: MultiModalData) -> list[int]:
     if not -1 <= cfg.view_id < k:
         raise ConfigError(f"--view_id {cfg.view_id} is out of range: {data.name!r} has modalities "
                           f"0..{k - 1} ({', '.join(data.modalities)}), or -1 for all")
-    if cfg.lr is not None and len(cfg.lr) != k:
+    if isinstance(cfg.lr, list) and len(cfg.lr) != k:
         raise ConfigError(f"--lr gives {len(cfg.lr)} learning rate(s) for the {k} modalities of {data.name!r} "
                           f"({', '.join(data.modalities)}); pass exactly one per modality")
     views = [cfg.view_id] if cfg.view_id >= 0 else list(range(k))
@@ -82,10 +84,13 @@ def _check_numbers(cfg: DRCLConfig, data: MultiModalData) -> None:
     if cfg.spl_epochs is not None:
         positive["spl_epochs"] = cfg.spl_epochs
     for name, value in positive.items():
-        if not value > 0:
+        if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"--{name} {value}: must be positive")
-    if cfg.lr is not None and not all(lr > 0 for lr in cfg.lr):
-        raise ConfigError(f"--lr {cfg.lr}: every learning rate must be positive")
+    rates = [cfg.lr] if isinstance(cfg.lr, str) else cfg.lr or []
+    if not all(lr == AUTO if isinstance(lr, str) else math.isfinite(lr) and lr > 0 for lr in rates):
+        raise ConfigError(f"--lr {cfg.lr}: every learning rate must be a positive number, or 'auto' to search it")
+    if cfg.lr_criterion not in CRITERIA:
+        raise ConfigError(f"lr_criterion {cfg.lr_criterion!r}: use one of {', '.join(CRITERIA)}")
     for name in ("alpha", "beta", "eta"):
         if not getattr(cfg, name) >= 0:
             raise ConfigError(f"--{name} {getattr(cfg, name)}: a loss weight must be >= 0")

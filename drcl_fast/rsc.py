@@ -160,6 +160,22 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     return result
 
 
+def reselect_on(data: ModalityData, resume: dict[str, Any], prior: torch.Tensor, hidden_dim: int) -> dict[str, Any]:
+    """`resume` with its selected epoch's test outputs recomputed on `data`'s test split.
+
+    For a state trained against a stand-in test split (the learning-rate search's): the
+    selected weights embed the real one as the uninterrupted run did at that epoch.
+    """
+    if resume["best"] is None:
+        return resume
+    best = RSCResult.from_state(resume["best"])
+    encoder = seeded_encoder(data.input_dim, hidden_dim, prior.shape[0], 0, data.train_x.device)
+    encoder.load_state_dict(best.encoder_state)
+    selection = _Selection.of(encoder, data, prior.to(device=data.train_x.device, dtype=torch.float32),
+                              best.best_epoch, best.best_val_loss)
+    return {**resume, "best": selection.result(data).to_state()}
+
+
 def _stop_if_not_finite(name: str, record: dict[str, float], first_bad: list[int]) -> None:
     """Stop with the epoch, the term that went first and the batch it happened in."""
     if all(math.isfinite(v) for k, v in record.items() if k != "epoch"):

@@ -1,6 +1,7 @@
 """A whole DRCL run: prior (SPL once), RSC per modality, evaluation, output files."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -10,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from drcl_fast import backends, distributed, outputs, preflight, runtime
+from drcl_fast import backends, distributed, lr_search, outputs, preflight, runtime
 from drcl_fast.checkpoint import Checkpointer, fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
@@ -19,7 +20,7 @@ from drcl_fast.floor import Floor, UnitShape, matrix_rate, unit_flops
 from drcl_fast.modality import ModalityData
 from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
-from drcl_fast.rsc import RSCResult, RSCSettings, train_rsc
+from drcl_fast.rsc import RSCResult, RSCSettings, reselect_on, train_rsc
 from drcl_fast.spl import SPLResult, initial_prior, learn_prior, select_prior
 from drcl_fast.units import Unit, plan, plan_lines, run_concurrently
 
@@ -42,6 +43,7 @@ class FitResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)   # "spl", "rsc", "evaluation": wall time
     train_flops: int = 0                         # the encoder products of the units this call trained
     floor: Floor | None = None                   # their time against the machine's matrix rate (floor.py)
+    lr_search: dict[int, dict] = field(default_factory=dict)  # --lr auto: per modality, what the search found
 
 
 def output_dim(cfg: DRCLConfig, data: MultiModalData) -> int:
@@ -57,7 +59,7 @@ def planned_outputs(cfg: DRCLConfig, data: MultiModalData, views: list[int]) -> 
     return paths + [outputs.metrics_path(cfg.out)]
 
 
-def rsc_settings(cfg: DRCLConfig, lr: float) -> RSCSettings:
+def rsc_settings(cfg: DRCLConfig, lr: float | str) -> RSCSettings:
     return RSCSettings(lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, hidden_dim=cfg.hidden_shape,
                        alpha=cfg.alpha, beta=cfg.beta, eta=cfg.eta, gamma=cfg.gamma,
                        sample_interval=cfg.sample_interval, seed=cfg.seed, backend=cfg.backend)
@@ -116,8 +118,9 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     lrs = cfg.learning_rates(data.num_modalities)
     trained = run.phase([run.unit("rsc", k) for k in views],
                         lambda unit: _rsc_unit(run, unit, lrs[unit.view], result.prior))
-    result.rsc = {k: RSCResult.from_state(state)
-                  for part in distributed.gather_to_main(trained) for k, state in part.items()}
+    units = {k: state for part in distributed.gather_to_main(trained) for k, state in part.items()}
+    result.rsc = {k: RSCResult.from_state(state["rsc"]) for k, state in units.items()}
+    result.lr_search = {k: state["lr_search"] for k, state in units.items() if state["lr_search"] is not None}
     result.phase_seconds["rsc"] = time.perf_counter() - started - result.phase_seconds["spl"]
     result.train_flops = run.flops
     if run.flops:
@@ -125,6 +128,9 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
                              result.phase_seconds["spl"] + result.phase_seconds["rsc"])
         log.info(result.floor.line())
     if distributed.is_main():
+        if result.lr_search:
+            outputs.save_json(outputs.lr_search_path(cfg.out), {result.modalities[k]: r
+                                                                for k, r in sorted(result.lr_search.items())})
         for k in views:
             rsc = result.rsc[k]
             outputs.save_mat(outputs.features_path(cfg.out, cfg.datasets, k),
@@ -213,21 +219,46 @@ def unit_shape(cfg: DRCLConfig, m: ModalityData, d: int, c: int, phase: str, res
                      trains_prior=phase == "spl")
 
 
-def _rsc_unit(run: _Run, unit: Unit, lr: float, prior: torch.Tensor) -> dict:
-    """Modality k's RSC result state: restored if its checkpoint holds it, else trained (resumed if started)."""
+def _rsc_unit(run: _Run, unit: Unit, lr: float | str, prior: torch.Tensor) -> dict:
+    """Modality k's RSC unit, {"rsc": result state, "lr_search": record or None}: restored if its
+    checkpoint holds it, else trained (resumed if started); with lr "auto", after the search."""
     done, resume = run.resume_point(unit)
     if done is not None:
-        rsc = RSCResult.from_state(done)
+        rsc, record = RSCResult.from_state(done["rsc"]), done["lr_search"]
     else:
-        log.info("RSC on modality %d (%s), lr %g%s", unit.view, unit.name, lr,
-                 f", resumed after epoch {resume['epoch']}" if resume else "")
         m = ModalityData.from_dataset(run.data, unit.view, run.device)
+        settings = rsc_settings(run.cfg, lr)
+        record = None
+        if lr == lr_search.AUTO:
+            record, resume = _search_rate(run, unit, m, prior, settings, resume)
+            settings.lr = record["chosen"]
+        log.info("RSC on modality %d (%s), lr %g%s", unit.view, unit.name, settings.lr,
+                 f", resumed after epoch {resume['epoch']}" if resume else "")
         run.count(unit_shape(run.cfg, m, *prior.shape, "rsc", resume))
-        rsc = train_rsc(m, prior, rsc_settings(run.cfg, lr), progress=run.progress, resume=resume,
-                        on_epoch=run.checkpointer.epoch_hook("rsc", unit.view))
-        run.checkpointer.save_done("rsc", unit.view, rsc.to_state())
+        rsc = train_rsc(m, prior, settings, progress=run.progress, resume=resume,
+                        on_epoch=run.checkpointer.epoch_hook("rsc", unit.view, {"lr_search": record}))
+        run.checkpointer.save_done("rsc", unit.view, {"rsc": rsc.to_state(), "lr_search": record})
     log.info("RSC %s: best epoch %d, validation J %.5f", rsc.modality, rsc.best_epoch, rsc.best_val_loss)
-    return rsc.to_state()
+    return {"rsc": rsc.to_state(), "lr_search": record}
+
+
+def _search_rate(run: _Run, unit: Unit, m: ModalityData, prior: torch.Tensor, settings: RSCSettings,
+                 resume: dict | None) -> tuple[dict, dict | None]:
+    """(the search's record, the state the chosen rate's run continues from): searched, or as saved."""
+    if resume is not None and resume.get("lr_search") is not None:   # the search ended before the kill
+        return resume["lr_search"], resume
+    log.info("RSC on modality %d (%s): searching the learning rate (%s)", unit.view, unit.name,
+             run.cfg.lr_criterion)
+    found, winner = lr_search.search(
+        m, prior, settings, run.cfg.lr_criterion, state=None if resume is None else resume["search"],
+        on_round=lambda state: run.checkpointer.save_progress(
+            "rsc", unit.view, {"search": state}, f"learning-rate search, round {state['round']}"),
+        progress=run.progress)
+    run.count(dataclasses.replace(unit_shape(run.cfg, m, *prior.shape, "rsc", None),
+                                  epochs=found.epochs_trained, sampled_epochs=found.epochs_trained))
+    for line in found.table():
+        log.info(line)
+    return dataclasses.asdict(found), reselect_on(m, winner, prior, settings.hidden_dim)
 
 
 def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], result: FitResult,

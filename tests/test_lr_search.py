@@ -1,0 +1,115 @@
+"""`--lr auto`: the learning-rate search per modality (drcl_fast/lr_search.py) and its place in a run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drcl_fast import lr_search
+from drcl_fast.data.container import MultiModalData, Split
+from drcl_fast.errors import ConfigError
+from drcl_fast.trainer import fit
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def auto_config(tiny_config):
+    """Two of the six modalities searched, the prior W0: SPL plays no part in the search."""
+    return tiny_config.replace(epochs=8, lr=[1e-3, "auto", 1e-3, 1e-3, 1e-3, "auto"], checkpoint_every=0, prior="w0")
+
+
+def test_round_ends_split_the_epochs_and_land_on_validated_epochs():
+    assert lr_search.round_ends(200) == [25, 50, 100]
+    assert lr_search.round_ends(8) == [1, 2, 4]
+    assert lr_search.round_ends(2) == [1]
+    assert lr_search.round_ends(40, sample_interval=3) == [6, 12, 21]
+
+
+def test_the_chosen_rate_trains_exactly_as_a_plain_run_at_that_rate(mfeat, auto_config, tmp_path):
+    searched = fit(mfeat, auto_config.replace(out=str(tmp_path / "auto")), progress=False)
+    chosen = {k: r["chosen"] for k, r in searched.lr_search.items()}
+    assert sorted(chosen) == [1, 5] and all(rate in lr_search.GRID for rate in chosen.values())
+    plain_rates = [chosen.get(k, 1e-3) for k in range(6)]
+    plain = fit(mfeat, auto_config.replace(out=str(tmp_path / "plain"), lr=plain_rates), progress=False)
+    for k in range(6):
+        np.testing.assert_array_equal(searched.rsc[k].test_embeddings, plain.rsc[k].test_embeddings)
+        assert searched.rsc[k].test_embeddings.shape[0] == mfeat.test.features[k].shape[0]
+    assert searched.metrics[0].directions == plain.metrics[0].directions
+    saved = json.loads((tmp_path / "auto" / "lr_search.json").read_text())
+    assert sorted(saved) == ["fac", "mor"]
+    fac = saved["fac"]
+    assert fac["chosen"] == chosen[1] and fac["rounds"] == [1, 2, 4] and fac["criterion"] == "val_loss"
+    assert [c["lr"] for c in fac["candidates"]] == list(lr_search.GRID)
+    # Seven candidates to epoch 1, four of them on to 2, two of those on to 4.
+    assert [len(c["scores"]) for c in fac["candidates"] if not c["diverged"]].count(3) == 2
+    assert fac["epochs_trained"] == 7 * 1 + 4 * 1 + 2 * 2
+    assert searched.train_flops > plain.train_flops
+
+
+def test_the_test_split_plays_no_part_in_the_choice(mfeat, auto_config, tmp_path):
+    g = np.random.default_rng(0)
+    shuffled = MultiModalData(mfeat.name, mfeat.modalities, mfeat.train, mfeat.valid,
+                              Split([g.permutation(x) * 3.0 for x in mfeat.test.features], mfeat.test.labels))
+    cfg = auto_config.replace(epochs=4)
+    a = fit(mfeat, cfg.replace(out=str(tmp_path / "a")), progress=False).lr_search
+    b = fit(shuffled, cfg.replace(out=str(tmp_path / "b")), progress=False).lr_search
+    assert {k: r["candidates"] for k, r in a.items()} == {k: r["candidates"] for k, r in b.items()}
+
+
+def test_the_retrieval_criterion_ranks_by_validation_map(mfeat, auto_config, tmp_path):
+    r = fit(mfeat, auto_config.replace(lr_criterion="val_map", epochs=4, lr=[1e-3, "auto", 1e-3, 1e-3, 1e-3, 1e-3]),
+            progress=False).lr_search[1]
+    assert r["criterion"] == "val_map"
+    scores = [s for c in r["candidates"] for s in c["scores"]]
+    assert all(0.0 <= s <= 1.0 for s in scores) and len(set(scores)) > 1
+
+
+def test_an_interrupted_search_resumes_to_the_uninterrupted_result(mfeat, auto_config, tmp_path, monkeypatch):
+    cfg = auto_config.replace(checkpoint_every=1, out=str(tmp_path / "killed"), epochs=4)
+    real, rounds = lr_search._advance, []
+
+    def interrupted(candidate, *args, **kwargs):   # a Ctrl-C in the second (last) round of modality 1
+        rounds.append(candidate.lr)
+        if len(rounds) == 7 + 2:
+            raise KeyboardInterrupt
+        return real(candidate, *args, **kwargs)
+
+    monkeypatch.setattr(lr_search, "_advance", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(mfeat, cfg, progress=False)
+    calls = []
+    monkeypatch.setattr(lr_search, "_advance", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    resumed = fit(mfeat, cfg.replace(resume=True), progress=False)
+    assert len(calls) == 4 + (7 + 4)    # two rounds at 4 epochs: modality 1 from its second, modality 5 whole
+    plain = fit(mfeat, auto_config.replace(out=str(tmp_path / "plain"), epochs=4), progress=False)
+    for k in (1, 5):
+        assert {**resumed.lr_search[k], "seconds": 0} == {**plain.lr_search[k], "seconds": 0}
+        np.testing.assert_array_equal(resumed.rsc[k].test_embeddings, plain.rsc[k].test_embeddings)
+
+
+def test_every_rate_diverging_says_what_to_do(mfeat, auto_config, monkeypatch):
+    monkeypatch.setattr(lr_search, "score", lambda *args: float("nan"))
+    with pytest.raises(Exception, match="every learning rate of the search .* diverged; give --lr by hand"):
+        fit(mfeat, auto_config.replace(epochs=2), progress=False)
+
+
+@pytest.mark.parametrize("lr, message", [(["auto", "fast"], "neither a number nor 'auto'")])
+def test_a_rate_that_is_neither_a_number_nor_auto_is_refused(lr, message, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "drcl_fast", "train", "--datasets", "mfeat", "--lr", *lr,
+                          "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and message in run.stderr
+
+
+def test_config_rates(mfeat, tiny_config):
+    assert tiny_config.replace(lr="auto").learning_rates(3) == ["auto"] * 3
+    with pytest.raises(ConfigError, match="positive number, or 'auto'"):
+        fit(mfeat, tiny_config.replace(lr=[1e-3, "fast", 1, 1, 1, 1]), progress=False)
+    with pytest.raises(ConfigError, match="positive number, or 'auto'"):
+        fit(mfeat, tiny_config.replace(lr=[float("inf")] * 6), progress=False)
+    with pytest.raises(ConfigError, match="lr_criterion 'map'"):
+        fit(mfeat, tiny_config.replace(lr="auto", lr_criterion="map"), progress=False)
