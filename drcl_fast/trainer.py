@@ -116,8 +116,7 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     result = _prior(run)
     result.phase_seconds["spl"] = time.perf_counter() - started
     lrs = cfg.learning_rates(data.num_modalities)
-    trained = run.phase([run.unit("rsc", k) for k in views],
-                        lambda unit: _rsc_unit(run, unit, lrs[unit.view], result.prior))
+    trained = run.phase("rsc", views, lambda unit: _rsc_unit(run, unit, lrs[unit.view], result.prior))
     units = {k: state for part in distributed.gather_to_main(trained) for k, state in part.items()}
     result.rsc = {k: RSCResult.from_state(state["rsc"]) for k, state in units.items()}
     result.lr_search = {k: state["lr_search"] for k, state in units.items() if state["lr_search"] is not None}
@@ -158,18 +157,18 @@ class _Run:
         rows, width = self.data.train.features[k].shape
         return Unit(phase, k, self.data.modalities[k], rows * width)
 
-    def phase(self, todo: list[Unit], train: Callable[[Unit], dict]) -> dict[int, dict]:
-        """This rank's share of `todo` trained (or restored), as {view: result state}, once every rank is done."""
-        assignment = plan(todo, distributed.world_size())
+    def phase(self, phase: str, views: list[int], train: Callable[[Unit], dict]) -> dict[int, dict]:
+        """This rank's share of the phase's units trained (or restored), as {view: result state}, once
+        every rank is done with its share."""
+        assignment = plan([self.unit(phase, k) for k in views], distributed.world_size())
         if distributed.active() and distributed.is_main():
             for line in plan_lines(assignment):
-                log.info("%s plan: %s", todo[0].phase.upper() if todo else "", line)
+                log.info("%s plan: %s", phase.upper(), line)
         mine = assignment[distributed.rank()]
         if not mine and distributed.active():
-            log.info("rank %d has no %s unit: waiting for the others", distributed.rank(),
-                     todo[0].phase.upper() if todo else "")
+            log.info("rank %d has no %s unit: waiting for the others", distributed.rank(), phase.upper())
         done = run_concurrently(mine, lambda unit: self._named(unit, train), self.device, self.concurrency())
-        distributed.wait_for_all(f"{todo[0].phase if todo else 'no'} units")
+        distributed.wait_for_all(f"{phase} units")
         return {unit.view: state for unit, state in done.items()}
 
     def concurrency(self) -> int:
@@ -318,8 +317,7 @@ def _prior(run: _Run) -> FitResult:
         log.info("prior W read from %s", path)
         return FitResult(data.modalities, torch.from_numpy(outputs.load_prior_file(path, d, c)), f"file:{path}")
 
-    trained = run.phase([run.unit("spl", k) for k in range(data.num_modalities)],
-                        lambda unit: _spl_unit(run, unit, w0))
+    trained = run.phase("spl", list(range(data.num_modalities)), lambda unit: _spl_unit(run, unit, w0))
     states = {k: state for part in distributed.all_gather(trained) for k, state in part.items()}
     spl = [SPLResult.from_state(states[k]) for k in range(data.num_modalities)]
     choice, prior = select_prior(spl, cfg.released_prior_slip)
