@@ -161,3 +161,6 @@ def wait_for_all(what: str) -> None:
             missing = [r for r in range(world_size()) if not store.check([f"{key}/{r}"])]
             log.info("rank %d: waiting for rank(s) %s to finish (%s)", rank(), missing, what)
             said = time.monotonic()
+    # Everyone has arrived; a collective (quick now) makes sure everyone has also stopped polling,
+    # since rank 0 may host the store and leave right after.
+    dist.barrier()

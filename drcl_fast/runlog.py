@@ -23,6 +23,7 @@ def setup_run_logging(out: str | Path, dataset: str, quiet: bool, rank: int = 0)
 
     Under torchrun, rank r > 0 logs to `{dataset}.rank{r}.log` and shows only its
     warnings and errors on the console, marked with its rank: rank 0 reports the run.
+    `quiet` keeps only errors on the console.
     """
     logger = logging.getLogger("drcl_fast")
     logger.setLevel(logging.DEBUG)  # DEBUG lines (the arguments) reach the file only
@@ -34,11 +35,11 @@ def setup_run_logging(out: str | Path, dataset: str, quiet: bool, rank: int = 0)
     file_handler = logging.FileHandler(path)
     file_handler.setFormatter(logging.Formatter(FORMAT))
     logger.addHandler(file_handler)
-    if not quiet:
-        console = logging.StreamHandler()
-        console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-        console.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
-        console.addFilter(_FileOnly())
-        logger.addHandler(console)
+    console = logging.StreamHandler()
+    # Quiet runs keep their errors on the console: under torchrun, the line that names the failed unit.
+    console.setLevel(logging.ERROR if quiet else logging.INFO if rank == 0 else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
+    console.addFilter(_FileOnly())
+    logger.addHandler(console)
     logger.propagate = False
     return logger

@@ -201,9 +201,12 @@ class _Run:
                                      f"({unit.phase} modality {unit.view}, "
                                      f"{self.checkpointer.last_saved(unit.phase, unit.view)}) is "
                                      f"{self.checkpointer.path(unit.phase, unit.view)}") from None
-        except BaseException:
+        except BaseException as error:
+            where = f"rank {distributed.rank()} stopped in {unit.label}" if distributed.active() else \
+                f"stopped in {unit.label}"
+            error.add_note(where)   # shown with the traceback, which torchrun prints with the rank
             if distributed.active():
-                log.error("rank %d stopped in %s", distributed.rank(), unit.label)
+                log.error(where)
             raise
 
 

@@ -11,17 +11,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from drcl_fast.errors import DRCLError
+from drcl_fast.errors import ConfigError, DRCLError
 from drcl_fast.retrieval import dispatch, reference
 from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
+from drcl_fast.retrieval.sharded import shard_slice, sharded_average_precisions
 
-__all__ = ["evaluate_map", "evaluate_directions", "DirectionResult",
+__all__ = ["evaluate_map", "evaluate_directions", "sharded_average_precisions", "shard_slice", "DirectionResult",
            "result_line", "format_table", "metrics_dict"]
 
 
 def evaluate_map(query: Any, query_labels: Any, gallery: Any, gallery_labels: Any,
                  k: int | None = None, backend: str = "auto", return_ap: bool = False,
-                 max_memory: int | None = None) -> float | tuple[float, torch.Tensor]:
+                 max_memory: int | None = None, group: Any = None,
+                 shard_gallery: bool = False) -> float | tuple[float, torch.Tensor]:
     """MAP@k (k=None: MAP@all) of ranking `gallery` for each row of `query`.
 
     Labels are class-id vectors (single-label: every query counts, AP 0 when
@@ -30,10 +32,21 @@ def evaluate_map(query: Any, query_labels: Any, gallery: Any, gallery_labels: An
     `backend`: "auto", "torch" (the reference), "cpp" (CPU) or "triton" (CUDA);
     all rank the same float32 scores (float64 if given float64) identically.
     `max_memory`: bytes for one query chunk's working set (None: the backend's default).
+    `group`: None evaluates in this process; a torch.distributed ProcessGroup, or "world" /
+    True for the default group, spreads the queries over its ranks, or with `shard_gallery`
+    takes each rank's slice of the gallery (`sharded_average_precisions`); every rank then
+    returns the single-process value, the same float.
     """
-    q, yq, g, yg = reference.check_inputs(query, query_labels, gallery, gallery_labels, k)
-    impl = dispatch.average_precisions(backend, q.device)
-    ap = impl(q, yq, g, yg, k=k, **dispatch.memory_budget(max_memory))
+    if group is not None:
+        ap = sharded_average_precisions(query, query_labels, gallery, gallery_labels, k, group=group,
+                                        shard_gallery=shard_gallery, backend=backend, max_memory=max_memory)
+    elif shard_gallery:
+        raise ConfigError("shard_gallery=True needs group= (the process group whose ranks hold the slices); "
+                          "in one process pass the whole gallery and shard_gallery=False")
+    else:
+        q, yq, g, yg = reference.check_inputs(query, query_labels, gallery, gallery_labels, k)
+        impl = dispatch.average_precisions(backend, q.device)
+        ap = impl(q, yq, g, yg, k=k, **dispatch.memory_budget(max_memory))
     counted = ap[~torch.isnan(ap)]
     value = float(counted.mean()) if counted.numel() else 0.0
     return (value, ap) if return_ap else value
@@ -41,8 +54,13 @@ def evaluate_map(query: Any, query_labels: Any, gallery: Any, gallery_labels: An
 
 def evaluate_directions(embeddings: Sequence[Any], labels: Sequence[Any], names: Sequence[str],
                         k: int | None = None, backend: str = "auto",
-                        progress: bool = False, max_memory: int | None = None) -> DirectionResult:
-    """MAP@k for every ordered pair (query modality i, gallery modality j), i != j."""
+                        progress: bool = False, max_memory: int | None = None, group: Any = None,
+                        shard_gallery: bool = False) -> DirectionResult:
+    """MAP@k for every ordered pair (query modality i, gallery modality j), i != j.
+
+    `group` and `shard_gallery` as for `evaluate_map`, with every rank passing every
+    modality whole: with `shard_gallery` each rank ranks only its `shard_slice` of each gallery.
+    """
     count = len(embeddings)
     if len(labels) != count or len(names) != count:
         raise ValueError(f"got {count} embeddings, {len(labels)} label arrays and {len(names)} names; "
@@ -56,9 +74,11 @@ def evaluate_directions(embeddings: Sequence[Any], labels: Sequence[Any], names:
     directions = {}
     for i, j in tqdm(pairs, desc=f"MAP@{k or 'all'}", disable=not progress):
         direction = f"{names[i]}->{names[j]}"
+        part = shard_slice(len(embeddings[j]), group) if shard_gallery and group is not None else slice(None)
         try:
-            matrix[i, j] = evaluate_map(embeddings[i], labels[i], embeddings[j], labels[j],
-                                        k=k, backend=backend, max_memory=max_memory)
+            matrix[i, j] = evaluate_map(embeddings[i], labels[i], embeddings[j][part], labels[j][part],
+                                        k=k, backend=backend, max_memory=max_memory,
+                                        group=group, shard_gallery=shard_gallery)
         except ValueError as error:
             # Keep the package's own error types, which the CLI reports without a traceback.
             kind = type(error) if isinstance(error, DRCLError) else ValueError

@@ -2,6 +2,7 @@
 
     drcl-fast eval --features_dir features --datasets wiki          # wiki_0.mat, wiki_1.mat, ...
     drcl-fast eval --files img.npz txt.pt --names image text --out runs/x --pr_plot runs/x/pr.png
+    torchrun --nproc_per_node 2 -m drcl_fast eval --files img.npz txt.pt --shard_gallery   # over 2 ranks
 
 Files hold one modality's test embeddings and labels: the released
 features/{dataset}_{k}.mat (keys test_fea, test_lab), or .npz / .mat / .pt
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from drcl_fast import backends
+from drcl_fast import backends, distributed
 from drcl_fast.data.generic import ArrayFile
 from drcl_fast.errors import ConfigError, DataError
 from drcl_fast.outputs import metrics_path, refuse_overwrite, save_json
@@ -50,6 +51,10 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
                      help="MAP cutoffs: 'all' and/or positive ints (default: all 50)")
     run.add_argument("--backend", **backends.flag_options())
     run.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    run.add_argument("--shard_gallery", "--shard-gallery", action="store_true",
+                     help="under torchrun: each rank ranks only its slice of every gallery (default: each "
+                          "rank takes a slice of the queries); the result is the single-process one, and in "
+                          "one process the flag changes nothing")
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="write metrics.json (training's schema) into this folder")
     out.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json / PR files")
@@ -183,11 +188,22 @@ def pick_device(name: str) -> torch.device:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """The command; under torchrun every rank runs it, and only rank 0 prints and writes files."""
+    with distributed.process_group() as spread:
+        return _run_eval(args, "world" if spread else None)
+
+
+def _run_eval(args: argparse.Namespace, group: str | None) -> int:
+    if args.shard_gallery and args.pr_plot:
+        raise ConfigError("--pr_plot cannot be combined with --shard_gallery: precision-recall curves need each "
+                          "gallery whole on one rank. Drop --shard_gallery (rank 0 then draws the curves), or "
+                          "draw them in a separate run")
+    reports = distributed.is_main()  # rank 0, or a process on its own
     dataset = args.datasets or (None if args.files else "wiki")
     paths = [Path(p) for p in args.files] if args.files else discover(Path(args.features_dir), dataset)
     names = modality_names(dataset, len(paths), args.names)
     cutoffs = parse_cutoffs(args.k)
-    device = pick_device(args.device)
+    device = pick_device(distributed.rank_device(args.device))
     outputs = [metrics_path(args.out)] if args.out else []
     if args.pr_plot:
         plot = Path(args.pr_plot)
@@ -198,8 +214,11 @@ def run_eval(args: argparse.Namespace) -> int:
     embeddings = [torch.as_tensor(features).to(device) for features, _ in loaded]
     labels = [labels for _, labels in loaded]
     results: list[DirectionResult] = [
-        evaluate_directions(embeddings, labels, names, k=k, backend=args.backend, progress=not args.quiet)
+        evaluate_directions(embeddings, labels, names, k=k, backend=args.backend, progress=reports and not args.quiet,
+                            group=group, shard_gallery=args.shard_gallery and group is not None)
         for k in cutoffs]
+    if not reports:
+        return 0
     for result in results:
         print(f"test resutls@{result.k or 'all'}:" + result_line(result))
     if not args.quiet:
