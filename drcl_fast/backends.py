@@ -116,6 +116,18 @@ def pick(op: str, backend: str, device: torch.device | str, impls: Mapping[str, 
     return "torch"
 
 
+TRAINING_BACKENDS = ("triton", "restructured", "torch")   # those that implement the training ops
+
+
+def interprets_triton(backend: str, device_type: str) -> bool:
+    """Whether training ops with `backend` run Triton kernels in its interpreter on this device type."""
+    if not triton_interpreted() or device_type == "cuda":
+        return False
+    if backend == "auto":
+        backend = next(n for n in (*AUTO_PREFERENCE.get(device_type, ()), "torch") if n in TRAINING_BACKENDS)
+    return backend == "triton"
+
+
 def triton_interpreted() -> bool:
     """Triton's CPU interpreter is on: its kernels then run on CPU tensors (slowly), as the tests run them."""
     return os.environ.get("TRITON_INTERPRET") == "1"

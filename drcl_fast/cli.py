@@ -1,4 +1,4 @@
-"""`drcl-fast train ...` and `drcl-fast eval ...` (also `python -m drcl_fast ...`)."""
+"""`drcl-fast train ...`, `eval ...`, `sweep ...` and `ablate ...` (also `python -m drcl_fast ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 
 from drcl_fast.flags import add_train_flags
 from drcl_fast.retrieval.eval_cli import add_eval_flags, run_eval
+from drcl_fast.studies.flags import add_ablate_flags, add_sweep_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="MAP (and precision-recall) of saved embeddings",
                                    description="Evaluate saved test embeddings: every direction, MAP@all and MAP@50.")
     add_eval_flags(evaluate)
+    sweep = commands.add_parser("sweep", help="train an alpha x beta grid, or each modality's prior (paper Fig. 3)",
+                                description="The sensitivity study: every point is the train run with its alpha and "
+                                            "beta (SPL once), or with --prior each, with each modality's prior and W0.")
+    add_sweep_flags(sweep)
+    ablate = commands.add_parser("ablate", help="DRCL without SPL, without MRR, without FA, over seeds",
+                                 description="The ablations: the full train run and its variants without SPL "
+                                             "(W0), without MRR (alpha = beta = 0) and without FA (gamma = 1).")
+    add_ablate_flags(ablate)
     return parser
 
 
@@ -43,12 +52,22 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_study(args: argparse.Namespace) -> int:
+    """`sweep` or `ablate`, as the flags say; under torchrun the points spread over the ranks."""
+    if args.command == "sweep":
+        from drcl_fast.studies.sweep import run_sweep
+        return run_sweep(args)
+    from drcl_fast.studies.ablate import run_ablate
+    return run_ablate(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from drcl_fast.errors import DRCLError
     try:
-        return run_eval(args) if args.command == "eval" else run_train(args)
+        run = {"eval": run_eval, "sweep": run_study, "ablate": run_study}.get(args.command, run_train)
+        return run(args)
     except DRCLError as error:
         # A problem with the input or the setup: say what and where, without a traceback.
         from drcl_fast import distributed

@@ -50,11 +50,21 @@ def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
             + "; pass --overwrite (overwrite=True) to replace them, or choose another --out directory")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()   # read once: os.umask can only be read by setting it
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes it private; an output file gets the usual mode
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -95,7 +105,10 @@ def load_prior_file(path: str | Path, output_dim: int, num_classes: int) -> np.n
     else:
         with ArrayFile(path) as f:
             prior = f["W"]
-    prior = np.asarray(prior, dtype=np.float32)
+    # C order, as SPL hands W to RSC in memory (scipy reads .mat matrices in Fortran order, and
+    # products with W in that layout round differently): a run with --prior W.mat trains as the
+    # SPL run that wrote it.
+    prior = np.ascontiguousarray(prior, dtype=np.float32)
     if prior.shape != (output_dim, num_classes):
         raise DataError(f"prior file {path} holds a {' x '.join(map(str, prior.shape))} matrix; this run "
                         f"needs D x C = {output_dim} x {num_classes} (--output_shape and the dataset's classes)")

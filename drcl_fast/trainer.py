@@ -173,7 +173,7 @@ class _Run:
 
     def concurrency(self) -> int:
         """Units at once: as configured, except under Triton's interpreter, which runs one kernel at a time."""
-        if self.cfg.concurrent_units > 1 and backends.triton_interpreted():
+        if self.cfg.concurrent_units > 1 and backends.interprets_triton(self.cfg.backend, self.device.type):
             backends.say_once(("concurrent_units", "interpreter"), "concurrent_units: Triton's interpreter "
                               "(TRITON_INTERPRET=1) is not thread-safe; training the units one after another")
             return 1

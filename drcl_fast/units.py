@@ -84,7 +84,12 @@ def run_concurrently(units: Sequence[Unit], train: Callable[[Unit], Result], dev
     errors: list[BaseException] = []
 
     def worker(mine: list[Unit]) -> None:
-        with _one_intra_op_thread(device), _own_stream(device):
+        if device.type != "cuda":
+            # Here too: OpenMP keeps the count per thread, and a new thread starts at the default. Not
+            # put back when the thread ends: torch's setting is partly process-wide, and a thread that
+            # ended first would change it under those still training; the caller's comes back after all.
+            torch.set_num_threads(1)
+        with _own_stream(device):
             for unit in mine:
                 if errors:
                     return
@@ -121,7 +126,6 @@ def _own_stream(device: torch.device) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _one_intra_op_thread(device: torch.device) -> Iterator[None]:
-    # Set in every thread: OpenMP keeps the thread count per thread, and a new one starts at the default.
     if device.type == "cuda":
         yield
         return

@@ -111,3 +111,15 @@ def test_a_run_with_modalities_at_once_equals_the_run_one_after_another(mfeat, t
     assert together.metrics[0].directions == alone.metrics[0].directions
     for name in ("features/mfeat_3.mat", "PriorW/W_16X10mfeat.mat", "metrics.json"):
         assert (tmp_path / "together" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+
+
+def test_units_run_one_after_another_only_where_the_interpreter_would_run_their_kernels(monkeypatch):
+    from drcl_fast import backends
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backends.interprets_triton("triton", "cpu")
+    assert not backends.interprets_triton("auto", "cpu")          # the CPU's auto choice is the restructured loss
+    assert not backends.interprets_triton("triton", "cuda")
+    monkeypatch.setitem(backends.AUTO_PREFERENCE, "cpu", ("cpp", "triton", "torch"))
+    assert backends.interprets_triton("auto", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not backends.interprets_triton("triton", "cpu")
