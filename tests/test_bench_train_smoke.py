@@ -105,3 +105,10 @@ def test_gpu_suite_distributed_section_smoke():
     out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_distributed", env={"TRITON_INTERPRET": "1"})
     rows = [line for line in out.splitlines() if line.startswith("| gpu_distributed |")]
     assert len(rows) == 1 and "14 files equal byte for byte" in rows[0] and "FAIL" not in rows[0], out
+
+
+def test_lr_auto_bench_smoke():
+    out = run("bench/lr_auto.py", "--smoke")
+    rows = [line for line in out.splitlines() if line.startswith("| mfeat |") or line.startswith("| synthetic")]
+    assert len(rows) == 6, out
+    assert sum("auto, val_loss" in row for row in rows) == 2 and sum("auto, val_map" in row for row in rows) == 2
