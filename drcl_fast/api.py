@@ -6,9 +6,9 @@ import torch
 
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import MultiModalData, load_dataset
-from drcl_fast.model import Encoder
+from drcl_fast.model import Encoder, encoder_from_state
 from drcl_fast.retrieval.report import DirectionResult
-from drcl_fast.trainer import FitResult, fit, output_dim
+from drcl_fast.trainer import FitResult, fit
 
 
 class DRCL:
@@ -44,12 +44,7 @@ class DRCL:
         if isinstance(data, str):
             data = load_dataset(data, self.config.data_root, self.config.data_path)
         self.result = fit(data, self.config, progress=not self.config.quiet if progress is None else progress)
-        d = output_dim(self.config, data)
-        self._encoders = {}
-        for k, rsc in self.result.rsc.items():
-            encoder = Encoder(data.input_dims()[k], self.config.hidden_shape, d)
-            encoder.load_state_dict(rsc.encoder_state)
-            self._encoders[k] = encoder.eval()
+        self._encoders = {k: encoder_from_state(rsc.encoder_state).eval() for k, rsc in self.result.rsc.items()}
         return self
 
     @property

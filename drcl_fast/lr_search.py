@@ -25,7 +25,7 @@ import torch
 
 from drcl_fast.errors import NonFiniteLossError
 from drcl_fast.modality import ModalityData, encode
-from drcl_fast.model import seeded_encoder
+from drcl_fast.model import encoder_from_state
 from drcl_fast.retrieval import evaluate_map
 from drcl_fast.rsc import RSCResult, RSCSettings, train_rsc
 
@@ -88,13 +88,11 @@ class SearchRecord:
         return [head, f"  {'lr':>8} criterion after epochs {', '.join(map(str, self.rounds))}", *rows]
 
 
-def score(result: RSCResult, data: ModalityData, prior: torch.Tensor, hidden_dim: int, seed: int,
-          criterion: str) -> float:
+def score(result: RSCResult, data: ModalityData, criterion: str) -> float:
     """The criterion of a candidate's selected model so far; higher is better."""
     if criterion == "val_loss":
         return -result.best_val_loss
-    encoder = seeded_encoder(data.input_dim, hidden_dim, prior.shape[0], seed, data.train_x.device)
-    encoder.load_state_dict(result.encoder_state)
+    encoder = encoder_from_state(result.encoder_state, data.train_x.device)
     return evaluate_map(encode(encoder, data.valid_x), data.valid_t, encode(encoder, data.train_x), data.train_t)
 
 
@@ -167,7 +165,7 @@ def _advance(c: Candidate, data: ModalityData, prior: torch.Tensor, s: RSCSettin
     except NonFiniteLossError:
         c.diverged, c.snapshot = True, None
         return
-    value = score(result, data, prior, s.hidden_dim, s.seed, criterion)
+    value = score(result, data, criterion)
     if not math.isfinite(value):
         c.diverged, c.snapshot = True, None
         return

@@ -63,3 +63,13 @@ def seeded_encoder(input_dim: int, hidden_dim: int, output_dim: int, seed: int,
                 nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
         nn.init.uniform_(model.head.weight, -head_bound(input_dim), head_bound(input_dim), generator=generator)
     return model.to(device)
+
+
+def encoder_from_state(state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> Encoder:
+    """An encoder holding a copy of `state` (a saved encoder's weights), its sizes read from their shapes."""
+    hidden_dim, input_dim = state["body.0.weight"].shape
+    with torch.device("meta"):
+        model = Encoder(input_dim, hidden_dim, state["head.weight"].shape[0])
+    model.to_empty(device=device)
+    model.load_state_dict(state)
+    return model

@@ -13,7 +13,7 @@ import torch
 from drcl_fast import ops
 from drcl_fast.errors import NonFiniteLossError
 from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
-from drcl_fast.model import Encoder, seeded_encoder
+from drcl_fast.model import Encoder, encoder_from_state, seeded_encoder
 from drcl_fast.progress import epoch_bar
 from drcl_fast.optim import adam
 from drcl_fast.spl import EpochHook
@@ -160,7 +160,7 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     return result
 
 
-def reselect_on(data: ModalityData, resume: dict[str, Any], prior: torch.Tensor, hidden_dim: int) -> dict[str, Any]:
+def reselect_on(data: ModalityData, resume: dict[str, Any], prior: torch.Tensor) -> dict[str, Any]:
     """`resume` with its selected epoch's test outputs recomputed on `data`'s test split.
 
     For a state trained against a stand-in test split (the learning-rate search's): the
@@ -169,8 +169,7 @@ def reselect_on(data: ModalityData, resume: dict[str, Any], prior: torch.Tensor,
     if resume["best"] is None:
         return resume
     best = RSCResult.from_state(resume["best"])
-    encoder = seeded_encoder(data.input_dim, hidden_dim, prior.shape[0], 0, data.train_x.device)
-    encoder.load_state_dict(best.encoder_state)
+    encoder = encoder_from_state(best.encoder_state, data.train_x.device)
     selection = _Selection.of(encoder, data, prior.to(device=data.train_x.device, dtype=torch.float32),
                               best.best_epoch, best.best_val_loss)
     return {**resume, "best": selection.result(data).to_state()}

@@ -257,10 +257,11 @@ def _search_rate(run: _Run, unit: Unit, m: ModalityData, prior: torch.Tensor, se
             "rsc", unit.view, {"search": state}, f"learning-rate search, round {state['round']}"),
         progress=run.progress)
     run.count(dataclasses.replace(unit_shape(run.cfg, m, *prior.shape, "rsc", None),
-                                  epochs=found.epochs_trained, sampled_epochs=found.epochs_trained))
+                                  epochs=found.epochs_trained,
+                                  sampled_epochs=found.epochs_trained // run.cfg.sample_interval))
     for line in found.table():
         log.info(line)
-    return dataclasses.asdict(found), reselect_on(m, winner, prior, settings.hidden_dim)
+    return dataclasses.asdict(found), reselect_on(m, winner, prior)
 
 
 def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], result: FitResult,
