@@ -13,6 +13,8 @@ RELEASED_LR = (6e-6, 5e-3, 8e-4, 3e-3, 4e-4)
 PRIOR_CHOICES = ("spl", "file", "w0")
 
 
+AUTO = "auto"   # a setting the package picks: `lr` (searched), `concurrent_units` (for the device)
+
 @dataclass
 class DRCLConfig:
     """Everything one DRCL run depends on. Names follow the released flags.
@@ -51,7 +53,7 @@ class DRCLConfig:
     checkpoint_every: int | None = None    # epochs between checkpoints; None: about once a minute; 0: none
     resume: bool = False                   # continue from the checkpoint of an interrupted run
     deterministic: bool = False            # deterministic GPU kernels (CPU runs are always reproducible)
-    concurrent_units: int = 1              # modalities trained at once in this process (GPU: one stream each)
+    concurrent_units: int | str = "auto"   # modalities trained at once in this process (units.units_at_once)
     lr_criterion: str = "val_loss"         # what --lr auto ranks rates by: "val_loss" or "val_map"
     extra: dict[str, Any] = field(default_factory=dict)  # released flags with no effect here
 

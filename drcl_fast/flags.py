@@ -51,6 +51,16 @@ def rate(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
 
 
+def units_setting(text: str) -> int | str:
+    """A units-at-once setting: a whole number, or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor 'auto'") from None
+
+
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     boolean = dict(type=str2bool, nargs="?", const=True, metavar="BOOL")
     g = parser.add_argument_group("released main.py flags (None: the dataset's preset)")
@@ -90,9 +100,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(n, "checkpoint_every", type=int, default=None,
           help="epochs between checkpoints in --out/checkpoints (default: about once a minute; 0: none)")
     _flag(n, "resume", action="store_true", help="continue an interrupted run from its checkpoint (same flags)")
-    _flag(n, "concurrent_units", type=int, default=None,
+    _flag(n, "concurrent_units", type=units_setting, default=None,
           help="modalities trained at once in this process: on a GPU one CUDA stream each; on the CPU one "
-               "thread each, one intra-op thread apiece (default: 1, one after another)")
+               "thread each, sharing the intra-op threads out (default: auto, as many as the CPU's intra-op "
+               "threads, one after another on a GPU; 1: one after another)")
     _flag(n, "lr_criterion", choices=("val_loss", "val_map"), default=None,
           help="what --lr auto ranks rates by: the validation loss J (default) or the validation rows' "
                "MAP against the training rows (docs/lr_search.md)")

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from drcl_fast.config import AUTO
 from drcl_fast.errors import NonFiniteLossError
 from drcl_fast.modality import ModalityData, encode
 from drcl_fast.model import encoder_from_state
@@ -31,7 +32,6 @@ from drcl_fast.rsc import RSCResult, RSCSettings, train_rsc
 
 log = logging.getLogger("drcl_fast")
 
-AUTO = "auto"
 GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 CRITERIA = ("val_loss", "val_map")
 DEFAULT_CRITERION = "val_loss"

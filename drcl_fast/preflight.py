@@ -6,10 +6,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from drcl_fast.config import DRCLConfig
+from drcl_fast.config import AUTO, DRCLConfig
 from drcl_fast.data.container import SPLITS, MultiModalData
 from drcl_fast.errors import ConfigError, DataError, DataWarning, OutputError
-from drcl_fast.lr_search import AUTO, CRITERIA
+from drcl_fast.lr_search import CRITERIA
 
 
 def check_run(cfg: DRCLConfig, data: MultiModalData) -> list[int]:
@@ -79,8 +79,11 @@ def _warn_unlabelled(data: MultiModalData, unlabelled: list[dict[str, int]]) -> 
 
 def _check_numbers(cfg: DRCLConfig, data: MultiModalData) -> None:
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "hidden_shape": cfg.hidden_shape,
-                "sample_interval": cfg.sample_interval, "lr_SPL": cfg.lr_SPL,
-                "concurrent_units": cfg.concurrent_units}
+                "sample_interval": cfg.sample_interval, "lr_SPL": cfg.lr_SPL}
+    if cfg.concurrent_units != AUTO:
+        if not isinstance(cfg.concurrent_units, int) or isinstance(cfg.concurrent_units, bool):
+            raise ConfigError(f"--concurrent_units {cfg.concurrent_units!r}: give a whole number of units, or 'auto'")
+        positive["concurrent_units"] = cfg.concurrent_units
     if cfg.spl_epochs is not None:
         positive["spl_epochs"] = cfg.spl_epochs
     for name, value in positive.items():

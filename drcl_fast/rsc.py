@@ -113,7 +113,7 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     def snapshot() -> dict[str, Any]:
         return {"epoch": epoch + 1, "encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(), "history": history,
-                "best": None if best is None else best.result(data).to_state()}
+                "best": None if best is None else best.result(data, prior).to_state()}
 
     bar = epoch_bar(s.epochs, f"RSC {data.name}", progress, start)
     for epoch in bar:
@@ -147,15 +147,15 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
         _stop_if_not_finite(data.name, record, [int(v) for v in bad])
         if sampled:
             if best is None or record["val"] < best.val_loss:
-                best = _Selection.of(encoder, data, prior, epoch + 1, record["val"])
+                best = _Selection.of(encoder, epoch + 1, record["val"])
             bar.set_postfix(J=f"{record['J']:.4f}", val=f"{record['val']:.4f}")
         history.append(record)
         log.info(_epoch_line(data.name, s.epochs, record, best))
         if on_epoch is not None:
             on_epoch(epoch + 1, snapshot)
     if best is None:  # no epoch was sampled: keep the last one, as selection had nothing to compare
-        best = _Selection.of(encoder, data, prior, s.epochs, float("nan"))
-    result = best.result(data)
+        best = _Selection.of(encoder, s.epochs, float("nan"))
+    result = best.result(data, prior)
     result.history = history
     return result
 
@@ -169,10 +169,9 @@ def reselect_on(data: ModalityData, resume: dict[str, Any], prior: torch.Tensor)
     if resume["best"] is None:
         return resume
     best = RSCResult.from_state(resume["best"])
-    encoder = encoder_from_state(best.encoder_state, data.train_x.device)
-    selection = _Selection.of(encoder, data, prior.to(device=data.train_x.device, dtype=torch.float32),
-                              best.best_epoch, best.best_val_loss)
-    return {**resume, "best": selection.result(data).to_state()}
+    selection = _Selection(best.best_epoch, best.best_val_loss, best.encoder_state)
+    prior = prior.to(device=data.train_x.device, dtype=torch.float32)
+    return {**resume, "best": selection.result(data, prior).to_state()}
 
 
 def _stop_if_not_finite(name: str, record: dict[str, float], first_bad: list[int]) -> None:
@@ -199,30 +198,36 @@ def validation_loss(encoder: torch.nn.Module, data: ModalityData, prior: torch.T
 
 @dataclass
 class _Selection:
-    """The selected epoch's test outputs and weights, kept on the training device until the run ends."""
+    """The selected epoch's weights, kept on the training device until the run ends, and its test
+    outputs, encoded once they are asked for: a later epoch that validates better replaces the
+    selection without the test split ever being encoded for it."""
 
     epoch: int
     val_loss: float
-    embeddings: torch.Tensor
-    probabilities: torch.Tensor
     encoder_state: dict[str, torch.Tensor]
+    outputs: tuple[torch.Tensor, torch.Tensor] | None = None   # (embeddings, probabilities) once encoded
 
     @classmethod
     @torch.no_grad()
-    def of(cls, encoder: torch.nn.Module, data: ModalityData, prior: torch.Tensor, epoch: int,
-           val_loss: float) -> "_Selection":
-        f = encode(encoder, data.test_x)
-        return cls(epoch, val_loss, f, torch.softmax(f @ prior, dim=1),
-                   {k: v.detach().clone() for k, v in encoder.state_dict().items()})
+    def of(cls, encoder: torch.nn.Module, epoch: int, val_loss: float) -> "_Selection":
+        return cls(epoch, val_loss, {k: v.detach().clone() for k, v in encoder.state_dict().items()})
 
     @classmethod
     def restore(cls, r: RSCResult) -> "_Selection":
-        return cls(r.best_epoch, r.best_val_loss, torch.from_numpy(r.test_embeddings),
-                   torch.from_numpy(r.test_probabilities), r.encoder_state)
+        return cls(r.best_epoch, r.best_val_loss, r.encoder_state,
+                   (torch.from_numpy(r.test_embeddings), torch.from_numpy(r.test_probabilities)))
 
-    def result(self, data: ModalityData) -> RSCResult:
-        return RSCResult(modality=data.name, test_embeddings=self.embeddings.cpu().numpy(),
-                         test_probabilities=self.probabilities.cpu().numpy(), test_labels=data.test_labels,
+    def test_outputs(self, data: ModalityData, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """F_k(X_test) and softmax(F_k(X_test) W) at the selected epoch, the bits the encoder gave then."""
+        if self.outputs is None:
+            f = encode(encoder_from_state(self.encoder_state, data.test_x.device), data.test_x)
+            self.outputs = f, torch.softmax(f @ prior, dim=1)
+        return self.outputs
+
+    def result(self, data: ModalityData, prior: torch.Tensor) -> RSCResult:
+        embeddings, probabilities = self.test_outputs(data, prior)
+        return RSCResult(modality=data.name, test_embeddings=embeddings.cpu().numpy(),
+                         test_probabilities=probabilities.cpu().numpy(), test_labels=data.test_labels,
                          best_epoch=self.epoch, best_val_loss=self.val_loss,
                          encoder_state={k: v.cpu() for k, v in self.encoder_state.items()})
 

@@ -16,13 +16,13 @@ from drcl_fast.checkpoint import Checkpointer, fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ConfigError, NonFiniteLossError, OutputExistsError
-from drcl_fast.floor import Floor, UnitShape, matrix_rate, unit_flops
+from drcl_fast.floor import Floor, UnitShape, forward_flops, matrix_rate, unit_flops
 from drcl_fast.modality import ModalityData
 from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
 from drcl_fast.rsc import RSCResult, RSCSettings, reselect_on, train_rsc
 from drcl_fast.spl import SPLResult, initial_prior, learn_prior, select_prior
-from drcl_fast.units import Unit, plan, plan_lines, run_concurrently
+from drcl_fast.units import Unit, plan, plan_lines, run_concurrently, units_at_once
 
 log = logging.getLogger("drcl_fast")
 
@@ -155,7 +155,8 @@ class _Run:
 
     def unit(self, phase: str, k: int) -> Unit:
         rows, width = self.data.train.features[k].shape
-        return Unit(phase, k, self.data.modalities[k], rows * width)
+        cost = forward_flops(rows, width, self.cfg.hidden_shape, output_dim(self.cfg, self.data), self.data.num_classes)
+        return Unit(phase, k, self.data.modalities[k], cost)
 
     def phase(self, phase: str, views: list[int], train: Callable[[Unit], dict]) -> dict[int, dict]:
         """This rank's share of the phase's units trained (or restored), as {view: result state}, once
@@ -167,17 +168,22 @@ class _Run:
         mine = assignment[distributed.rank()]
         if not mine and distributed.active():
             log.info("rank %d has no %s unit: waiting for the others", distributed.rank(), phase.upper())
-        done = run_concurrently(mine, lambda unit: self._named(unit, train), self.device, self.concurrency())
+        at_once, threads = self.concurrency(len(mine))
+        if at_once > 1:
+            log.info("%s: %d units at once, %d intra-op thread(s) each", phase.upper(), at_once, threads)
+        done = run_concurrently(mine, lambda unit: self._named(unit, train), self.device, at_once, threads)
         distributed.wait_for_all(f"{phase} units")
         return {unit.view: state for unit, state in done.items()}
 
-    def concurrency(self) -> int:
-        """Units at once: as configured, except under Triton's interpreter, which runs one kernel at a time."""
-        if self.cfg.concurrent_units > 1 and backends.interprets_triton(self.cfg.backend, self.device.type):
+    def concurrency(self, units: int) -> tuple[int, int]:
+        """(units at once, intra-op threads each): as configured (units.units_at_once), except under
+        Triton's interpreter, which runs one kernel at a time."""
+        at_once, threads = units_at_once(self.cfg.concurrent_units, units, self.device)
+        if at_once > 1 and backends.interprets_triton(self.cfg.backend, self.device.type):
             backends.say_once(("concurrent_units", "interpreter"), "concurrent_units: Triton's interpreter "
                               "(TRITON_INTERPRET=1) is not thread-safe; training the units one after another")
-            return 1
-        return self.cfg.concurrent_units
+            return 1, torch.get_num_threads()
+        return at_once, threads
 
     def resume_point(self, unit: Unit) -> tuple[dict | None, dict | None]:
         """(the unit's saved result, its saved progress): what its checkpoint holds, if any."""

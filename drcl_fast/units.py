@@ -1,21 +1,26 @@
 """A run's independent units (SPL or RSC on one modality) and who trains which.
 
 DRCL trains every modality on its own data, so the K units of a phase can run on
-different ranks (torch.distributed) or at once on one GPU. `plan` hands them out
-longest first to the least loaded worker, by an expected cost (training rows times
-input width, what the first layer's products scale with), so that K = 5 on 4 ranks
-does not leave three waiting behind one. The plan depends only on the data's
-shapes: every rank computes the same one, and a resumed run finds its units where
-it left them.
+different ranks (torch.distributed), or at once in one process: threads sharing the
+CPU's cores, or CUDA streams on one GPU. `plan` hands a rank's units out longest first
+to the least loaded rank, by an expected cost (the forward products of the unit's
+training rows), so that K = 5 on 4 ranks does not leave three waiting behind one. The
+plan depends only on the data's shapes: every rank computes the same one, and a
+resumed run finds its units where it left them. Within a process the threads take
+the next unit, longest first, as each finishes one.
 """
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
+
+from drcl_fast import progress
+from drcl_fast.config import AUTO
 
 PHASES = ("spl", "rsc")
 
@@ -29,7 +34,7 @@ class Unit:
     phase: str    # one of PHASES
     view: int     # the modality's index
     name: str     # the modality's name
-    cost: int     # expected work: training rows x input width
+    cost: int     # expected work: the forward FLOPs of the training rows
 
     @property
     def label(self) -> str:
@@ -68,30 +73,54 @@ def plan_lines(assignment: Sequence[Sequence[Unit]], worker_name: str = "rank") 
     return lines
 
 
+def units_at_once(setting: int | str, units: int, device: torch.device) -> tuple[int, int]:
+    """(units trained at once, intra-op threads each) for a phase of `units` units.
+
+    `setting` "auto": on the CPU, as many units as there are intra-op threads (and units),
+    the threads shared out evenly; on a GPU, one (streams at once are not measured yet).
+    A number N: N units at once, the CPU's threads shared out among them.
+    """
+    threads = torch.get_num_threads()
+    if setting == AUTO:
+        at_once = 1 if device.type == "cuda" else max(1, min(units, threads))
+    else:
+        at_once = max(1, min(int(setting), units))
+    if device.type == "cuda" or at_once == 1:
+        return at_once, threads
+    return at_once, max(1, threads // at_once)
+
+
 def run_concurrently(units: Sequence[Unit], train: Callable[[Unit], Result], device: torch.device,
-                     streams: int) -> dict[Unit, Result]:
+                     streams: int, threads: int = 1) -> dict[Unit, Result]:
     """`train(unit)` for every unit, `streams` at a time, each in its own CUDA stream on a GPU.
 
     Each unit's results are those of running it alone (its own seeds, its own
-    stream, which waits for the work already queued); on the CPU the threads share
-    the cores, each with one intra-op thread for the duration (torch's setting
-    comes back after). The first failure is raised once all running units end.
+    stream, which waits for the work already queued); on the CPU the units share
+    the cores, `threads` intra-op threads each for the duration (torch's setting
+    comes back after), so that its results depend on that number alone, not on which
+    units ran beside it. Each worker takes the next unit, longest first, when it is
+    done with one. The first failure is raised once all running units end.
     """
     if streams <= 1 or len(units) <= 1:
         return {unit: train(unit) for unit in units}
-    pending = list(plan(units, min(streams, len(units))))
+    todo: queue.SimpleQueue[Unit] = queue.SimpleQueue()
+    for unit in sorted(units, key=lambda u: (-u.cost, u.view)):
+        todo.put(unit)
     results: dict[Unit, Result] = {}
     errors: list[BaseException] = []
 
-    def worker(mine: list[Unit]) -> None:
+    def worker(row: int) -> None:
         if device.type != "cuda":
             # Here too: OpenMP keeps the count per thread, and a new thread starts at the default. Not
             # put back when the thread ends: torch's setting is partly process-wide, and a thread that
             # ended first would change it under those still training; the caller's comes back after all.
-            torch.set_num_threads(1)
+            torch.set_num_threads(threads)
+        progress.set_row(row)
         with _own_stream(device):
-            for unit in mine:
-                if errors:
+            while not errors:
+                try:
+                    unit = todo.get_nowait()
+                except queue.Empty:
                     return
                 try:
                     results[unit] = train(unit)
@@ -99,13 +128,13 @@ def run_concurrently(units: Sequence[Unit], train: Callable[[Unit], Result], dev
                     errors.append(error)
                     return
 
-    with _one_intra_op_thread(device):
+    with _intra_op_threads(device, threads):
         # Daemons, so that a Ctrl-C ends the process: each unit's checkpoint keeps its progress.
-        threads = [threading.Thread(target=worker, args=(mine,), name=f"drcl-unit-{w}", daemon=True)
-                   for w, mine in enumerate(pending)]
-        for thread in threads:
+        workers = [threading.Thread(target=worker, args=(w,), name=f"drcl-unit-{w}", daemon=True)
+                   for w in range(min(streams, len(units)))]
+        for thread in workers:
             thread.start()
-        for thread in threads:
+        for thread in workers:
             thread.join()
     if errors:
         raise errors[0]
@@ -125,12 +154,12 @@ def _own_stream(device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _one_intra_op_thread(device: torch.device) -> Iterator[None]:
+def _intra_op_threads(device: torch.device, threads: int) -> Iterator[None]:
     if device.type == "cuda":
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

@@ -33,10 +33,11 @@ class ProductFlops(TorchDispatchMode):
 
 def test_the_counted_products_are_most_of_the_runs_and_never_more(mfeat, tmp_path, monkeypatch):
     """Left out by design: the loss's own products, test encodes and the evaluation (about a tenth at these small sizes).
-    The rate measurement after training is not the run's work: it is replaced here."""
+    The rate measurement after training is not the run's work: it is replaced here. One unit at a time:
+    a dispatch mode sees the products of its own thread only."""
     monkeypatch.setattr(trainer, "matrix_rate", lambda *args: 1e11)
     cfg = DRCLConfig.preset("mfeat", epochs=2, hidden_shape=256, output_shape=64, batch_size=50,
-                            out=str(tmp_path), quiet=True, device="cpu", backend="torch")
+                            out=str(tmp_path), quiet=True, device="cpu", backend="torch", concurrent_units=1)
     with ProductFlops() as products:
         result = fit(mfeat, cfg, progress=False)
     assert 0.85 * products.flops <= result.train_flops <= products.flops, (result.train_flops, products.flops)

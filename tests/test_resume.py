@@ -5,6 +5,7 @@ import json
 import random
 import signal
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
 
 
 def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, tiny_config, monkeypatch):
-    cfg = tiny_config.replace(checkpoint_every=1)
+    cfg = tiny_config.replace(checkpoint_every=1, concurrent_units=1)   # the units in order: the calls count
     real, calls = ops.drcl_loss_terms, []
 
     def interrupted(*args, **kwargs):  # a Ctrl-C in the third RSC epoch (7 batches + 1 validation each)
@@ -95,14 +96,14 @@ def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, ti
     with pytest.raises(CheckpointError, match="other settings"):
         fit(mfeat, cfg.replace(resume=True, alpha=0.2), progress=False)
     resumed = fit(mfeat, cfg.replace(resume=True), progress=False)
-    plain = fit(mfeat, tiny_config.replace(out=str(Path(cfg.out).parent / "plain"), checkpoint_every=0),
-                progress=False)
+    plain = fit(mfeat, tiny_config.replace(out=str(Path(cfg.out).parent / "plain"), checkpoint_every=0,
+                                           concurrent_units=1), progress=False)
     assert resumed.metrics[0].directions == plain.metrics[0].directions
     assert [r.scores for r in resumed.spl] == [r.scores for r in plain.spl]
 
 
 def test_non_finite_loss_stops_naming_epoch_and_term_and_keeps_the_checkpoint(mfeat, tiny_config, monkeypatch):
-    cfg = tiny_config.replace(prior="w0", checkpoint_every=1)
+    cfg = tiny_config.replace(prior="w0", checkpoint_every=1, concurrent_units=1)  # the first modality first
     real = ops.drcl_loss_terms
 
     def poisoned(features, targets, logits, pinv, q, backend="auto"):
@@ -118,3 +119,30 @@ def test_non_finite_loss_stops_naming_epoch_and_term_and_keeps_the_checkpoint(mf
     unit = torch.load(Path(cfg.out) / "checkpoints" / "mfeat.rsc0.pt", weights_only=True)
     assert unit["progress"]["epoch"] == 2
     assert all(torch.isfinite(p).all() for p in unit["progress"]["encoder"].values())
+
+
+def test_units_interrupted_at_once_resume_where_each_left_off(mfeat, tiny_config, monkeypatch):
+    """Two RSC units train at once when one fails mid-epoch: the other ends its unit, and the resumed run
+    finishes both as an uninterrupted run with the same units at once."""
+    cfg = tiny_config.replace(checkpoint_every=1, concurrent_units=2)
+    real, calls, first = ops.drcl_loss_terms, threading.local(), threading.Lock()
+
+    def interrupted(*args, **kwargs):
+        calls.count = getattr(calls, "count", 0) + 1
+        # The twelfth call of a thread is in its unit's second epoch (7 batches + 1 validation each).
+        if calls.count == 12 and first.acquire(blocking=False):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(mfeat, cfg, progress=False)
+    monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", real)
+    records = [torch.load(p, weights_only=True) for p in (Path(cfg.out) / "checkpoints").glob("mfeat.rsc*.pt")]
+    assert sorted(r["done"] for r in records) == [False, True]     # one unit part-way, the other finished
+    assert [r["progress"]["epoch"] for r in records if not r["done"]] == [1]
+    resumed = fit(mfeat, cfg.replace(resume=True), progress=False)
+    plain = fit(mfeat, cfg.replace(out=str(Path(cfg.out).parent / "plain"), checkpoint_every=0), progress=False)
+    assert resumed.metrics[0].directions == plain.metrics[0].directions
+    for k in plain.rsc:
+        np.testing.assert_array_equal(resumed.rsc[k].test_embeddings, plain.rsc[k].test_embeddings)

@@ -1,12 +1,16 @@
 """End to end on the bundled mfeat data: training quality, determinism, ablations, outputs."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.io as sio
 import torch
 
 from drcl_fast import DRCL, rsc
+from drcl_fast.modality import ModalityData, encode
+from drcl_fast.model import encoder_from_state
 from drcl_fast.ops import reference
 from drcl_fast.outputs import OutputExistsError
 from drcl_fast.spl import initial_prior
@@ -160,3 +164,26 @@ def test_the_sync_check_does_nothing_on_the_cpu(monkeypatch):
     monkeypatch.setenv(SYNC_CHECK_ENV, "1")
     with batch_loop(torch.device("cpu")):
         assert float(torch.ones(2).sum()) == 2.0   # a host read: allowed on the CPU
+
+
+def test_the_test_split_is_encoded_once_from_the_selected_weights(mfeat, monkeypatch):
+    """Selection keeps the best epoch's weights; its test outputs are encoded when the run ends, bit for bit
+    those of a run that stops at that epoch."""
+    data = ModalityData.from_dataset(mfeat, 1, torch.device("cpu"))
+    prior = initial_prior(16, mfeat.num_classes, 1)
+    real, test_encodes = rsc.encode, []
+
+    def counting(model, x):
+        test_encodes.extend([1] if x is data.test_x else [])
+        return real(model, x)
+
+    monkeypatch.setattr(rsc, "encode", counting)
+    settings = rsc.RSCSettings(lr=1e-3, epochs=6, batch_size=200, hidden_dim=32)
+    whole = rsc.train_rsc(data, prior, settings, progress=False)
+    assert len(test_encodes) == 1 and 1 <= whole.best_epoch <= 6
+    selected = encode(encoder_from_state(whole.encoder_state), data.test_x)
+    np.testing.assert_array_equal(whole.test_embeddings, selected.numpy())
+    np.testing.assert_array_equal(whole.test_probabilities, torch.softmax(selected @ prior, dim=1).numpy())
+    stopped = rsc.train_rsc(data, prior, dataclasses.replace(settings, epochs=whole.best_epoch), progress=False)
+    assert stopped.best_epoch == whole.best_epoch
+    np.testing.assert_array_equal(stopped.test_embeddings, whole.test_embeddings)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drcl_fast.trainer import fit
-from drcl_fast.units import Unit, makespan, plan, plan_lines, run_concurrently
+from drcl_fast.units import Unit, makespan, plan, plan_lines, run_concurrently, units_at_once
 
 
 def units_of(costs: list[int]) -> list[Unit]:
@@ -63,10 +63,13 @@ def test_a_plan_needs_a_worker():
 def test_units_at_once_give_each_unit_its_own_result_and_restore_the_thread_setting():
     units = units_of([5, 4, 3, 2, 1])
     seen_threads = set()
+    both_started = threading.Barrier(2, timeout=30)   # the two longest units run at the same time
 
     def train(unit: Unit) -> torch.Tensor:
         seen_threads.add(threading.current_thread().name)
         assert torch.get_num_threads() == 1
+        if unit.cost >= 4:
+            both_started.wait()
         g = torch.Generator().manual_seed(unit.view)
         a = torch.randn(64, 64, generator=g)
         return (a @ a.T).sum(0)
@@ -77,11 +80,26 @@ def test_units_at_once_give_each_unit_its_own_result_and_restore_the_thread_sett
     assert len(seen_threads) == 2
     torch.set_num_threads(1)
     try:
-        alone = {unit: train(unit) for unit in units}
+        alone = {unit: train(unit) for unit in units if unit.cost < 4}
     finally:
         torch.set_num_threads(before)
     assert list(together) == units
-    assert all(torch.equal(together[u], alone[u]) for u in units)
+    assert all(torch.equal(together[u], alone[u]) for u in alone)
+
+
+def test_the_threads_are_shared_out_among_the_units_at_once(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert units_at_once("auto", 6, cpu) == (6, 2)
+    assert units_at_once("auto", 2, cpu) == (2, 8)
+    assert units_at_once("auto", 1, cpu) == (1, 16)
+    assert units_at_once(3, 6, cpu) == (3, 5)
+    assert units_at_once(1, 6, cpu) == (1, 16)
+    assert units_at_once(8, 2, cpu) == (2, 8)
+    assert units_at_once("auto", 6, gpu) == (1, 16)     # streams at once are not the default until measured
+    assert units_at_once(2, 6, gpu) == (2, 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert units_at_once("auto", 6, cpu) == (1, 1)      # one thread (a torchrun rank): one after another
 
 
 def test_a_failing_unit_raises_its_error_after_the_others_end():
