@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from gpu_train import cublas_tf32, fast_dispatch, guarded
+from wiki_shaped import wiki_shaped
 from drcl_fast.config import DRCLConfig
-from drcl_fast.data.container import MultiModalData, Split
 from drcl_fast.kernels.precision import precision
 from drcl_fast.trainer import fit
 
@@ -35,20 +35,6 @@ RELEASED_SECONDS = 132   # the released code's report for this run on its author
 FULL = {"rows": (2173, 231, 462), "widths": (4096, 300), "classes": 10, "overrides": {"lr": [1e-4, 1e-4]}}
 SMOKE = {"rows": (60, 20, 20), "widths": (24, 12), "classes": 3,
          "overrides": {"lr": [1e-4, 1e-4], "epochs": 2, "hidden_shape": 16, "output_shape": 16, "batch_size": 20}}
-
-
-def wiki_shaped(rows: tuple[int, int, int], widths: tuple[int, ...], classes: int, seed: int = 0) -> MultiModalData:
-    """Two views of paired items: each class a random centre per view, each item its class's centre plus noise."""
-    g = np.random.default_rng(seed)
-    centres = [g.standard_normal((classes, w)) for w in widths]
-
-    def split(n: int) -> Split:
-        labels = g.integers(0, classes, n)
-        features = [(c[labels] + 1.5 * g.standard_normal((n, c.shape[1]))).astype(np.float32) for c in centres]
-        return Split(features, [labels.copy() for _ in widths])
-
-    train, valid, test = (split(n) for n in rows)
-    return MultiModalData("wiki", ["img", "txt"], train, valid, test)
 
 
 def one_run(data: MultiModalData, device: str, backend: str, overrides: dict) -> dict:

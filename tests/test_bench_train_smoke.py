@@ -112,3 +112,10 @@ def test_lr_auto_bench_smoke():
     rows = [line for line in out.splitlines() if line.startswith("| mfeat |") or line.startswith("| synthetic")]
     assert len(rows) == 6, out
     assert sum("auto, val_loss" in row for row in rows) == 2 and sum("auto, val_map" in row for row in rows) == 2
+
+
+@pytest.mark.parametrize("units", ["1", "auto"])
+def test_cpu_training_run_bench_smoke(units):
+    out = run("bench/train_cpu.py", "wiki-sized", "--epochs", "1", "--units", units, "--label", "smoke")
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"smoke wiki-sized units={units}: ") and "MAP@all" in line and "% of that floor" in line
