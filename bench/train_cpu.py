@@ -62,7 +62,7 @@ def main() -> None:
         result = trainer.fit(data, cfg, progress=False)
         wall = time.perf_counter() - start
     floor = getattr(result, "floor", None)
-    phases = ", ".join(f"{k} {v:.1f} s" for k, v in result.phase_seconds.items())
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in getattr(result, "phase_seconds", {}).items())  # none before
     print(f"{args.label} {args.case} units={args.units}: {wall:.2f} s ({phases}); MAP@all "
           f"{result.metrics[0].mean:.5f}, MAP@50 {result.metrics[1].mean:.5f}"
           + (f"; {floor.line()}" if floor is not None else ""), flush=True)
