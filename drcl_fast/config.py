@@ -15,6 +15,7 @@ PRIOR_CHOICES = ("spl", "file", "w0")
 
 AUTO = "auto"   # a setting the package picks: `lr` (searched), `concurrent_units` (for the device)
 
+
 @dataclass
 class DRCLConfig:
     """Everything one DRCL run depends on. Names follow the released flags.

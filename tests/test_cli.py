@@ -84,9 +84,11 @@ def test_bad_arguments_are_reported_without_traceback(tmp_path, capsys):
     assert "--view_id 6 is out of range" in fails_with(["train", *TINY, "--view_id", "6", *out], capsys)
     assert "6 modalities" in fails_with(["train", *TINY, "--lr", "1e-3", "1e-3", *out], capsys)
     assert "prior" in fails_with(["train", *TINY, "--prior", str(tmp_path / "nope.mat"), *out], capsys)
+    assert "--concurrent_units 0: must be positive" in fails_with(["train", *TINY, "--concurrent_units", "0", *out],
+                                                                   capsys)
 
 
-def test_released_flag_defaults_and_meanings():
+def test_released_flag_defaults_and_meanings(capsys):
     parser = argparse.ArgumentParser()
     from drcl_fast.flags import add_train_flags
     add_train_flags(parser)
@@ -101,6 +103,12 @@ def test_released_flag_defaults_and_meanings():
     assert config_from_flags(parser.parse_args(["--lr-spl", "1e-3", "--view-id", "1"])).lr_SPL == 1e-3
     assert config_from_flags(parser.parse_args(["--datasets", "mfeat"])).prior == "spl"
     assert config_from_flags(parser.parse_args(["--prior", "w0", "--wselect", "False"])).prior == "w0"
+    assert cfg.concurrent_units == "auto"
+    assert config_from_flags(parser.parse_args(["--concurrent_units", "2"])).concurrent_units == 2
+    assert config_from_flags(parser.parse_args(["--concurrent-units", "auto"])).concurrent_units == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--concurrent_units", "two"])
+    assert "'two' is neither a whole number nor 'auto'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="contradicts"):
         config_from_flags(parser.parse_args(["--prior", "w0", "--wselect"]))
     with pytest.raises(argparse.ArgumentTypeError):
