@@ -4,8 +4,8 @@ The figure `make demo` and `drcl-fast train` print after a run: the run's traini
 against the floating-point work of its encoder products (every SPL and RSC step's
 forward and backward GEMMs, the projections by W, the per-epoch encodes of the scored
 or validated split) at the rate this machine's ``torch.mm`` reaches at the run's main
-product shape, measured after the run. The loss's own products and the test-split
-encodes are left out, so the floor is a lower bound and the fraction a conservative one
+product shape, measured before and after training (the faster taken). The loss's own
+products and the test-split encodes are left out, so the floor is a lower bound and the fraction a conservative one
 (``tests/test_floor.py`` checks the count against every product a run makes).
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def unit_flops(s: UnitShape) -> int:
             + s.sampled_epochs * forward_flops(s.eval_rows, *sizes))
 
 
-def matrix_rate(hidden_dim: int, batch_size: int, device: torch.device, seconds: float = 0.3) -> float:
+def matrix_rate(hidden_dim: int, batch_size: int, device: torch.device, seconds: float = 0.15) -> float:
     """FLOP/s of torch.mm at the steps' main shape (batch x H times H x H, float32) on `device`: the
     fastest of the products timed for `seconds`, since a busy machine only ever slows one down."""
     a = torch.randn(batch_size, hidden_dim, device=device)

@@ -112,6 +112,9 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
              cfg.hidden_shape, device)
 
     run = _Run(cfg, data, device, progress and distributed.is_main(), checkpointer)
+    # The floor's rate is the faster of a measurement before training and one after: a machine that
+    # slows down for a while (a neighbour's load) does not make the run look closer to its floor.
+    rate_before = matrix_rate(cfg.hidden_shape, cfg.batch_size, device)
     started = time.perf_counter()
     result = _prior(run)
     result.phase_seconds["spl"] = time.perf_counter() - started
@@ -123,8 +126,8 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     result.phase_seconds["rsc"] = time.perf_counter() - started - result.phase_seconds["spl"]
     result.train_flops = run.flops
     if run.flops:
-        result.floor = Floor(run.flops, matrix_rate(cfg.hidden_shape, cfg.batch_size, device),
-                             result.phase_seconds["spl"] + result.phase_seconds["rsc"])
+        rate = max(rate_before, matrix_rate(cfg.hidden_shape, cfg.batch_size, device))
+        result.floor = Floor(run.flops, rate, result.phase_seconds["spl"] + result.phase_seconds["rsc"])
         log.info(result.floor.line())
     if distributed.is_main():
         if result.lr_search:
