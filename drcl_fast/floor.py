@@ -5,8 +5,9 @@ against the floating-point work of its encoder products (every SPL and RSC step'
 forward and backward GEMMs, the projections by W, the per-epoch encodes of the scored
 or validated split) at the rate this machine's ``torch.mm`` reaches at the run's main
 product shape, measured before and after training (the faster taken). The loss's own
-products and the test-split encodes are left out, so the floor is a lower bound and the fraction a conservative one
-(``tests/test_floor.py`` checks the count against every product a run makes).
+products and the test-split encodes are left out, so the floor is a lower bound and the
+fraction a conservative one (``tests/test_floor.py`` checks the count against every
+product a run makes).
 """
 from __future__ import annotations
 
