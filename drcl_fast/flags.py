@@ -5,10 +5,10 @@ Shared by the CLI and the drop-in Solver, which receives the parsed namespace.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 from drcl_fast import backends
-from drcl_fast.config import DRCLConfig
+from drcl_fast.config import AUTO, DRCLConfig
 from drcl_fast.errors import ConfigError
 
 # Released flags kept for compatibility that change nothing here.
@@ -41,24 +41,20 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     parser.add_argument(*dict.fromkeys(spellings), dest=name, **kwargs)
 
 
-def rate(text: str) -> float | str:
-    """A learning rate: a number, or 'auto'."""
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+def _number_or_auto(convert: type, what: str) -> Callable[[str], float | int | str]:
+    """An argparse type: `convert(text)`, or 'auto' as it is."""
+    def parse(text: str) -> float | int | str:
+        if text == AUTO:
+            return text
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither {what} nor '{AUTO}'") from None
+    return parse
 
 
-def units_setting(text: str) -> int | str:
-    """A units-at-once setting: a whole number, or 'auto'."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor 'auto'") from None
+rate = _number_or_auto(float, "a number")                 # a learning rate
+units_setting = _number_or_auto(int, "a whole number")    # units trained at once
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from drcl_fast import backends, distributed, lr_search, outputs, preflight, runtime
 from drcl_fast.checkpoint import Checkpointer, fingerprint
-from drcl_fast.config import DRCLConfig
+from drcl_fast.config import AUTO, DRCLConfig
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ConfigError, NonFiniteLossError, OutputExistsError
 from drcl_fast.floor import Floor, UnitShape, forward_flops, matrix_rate, unit_flops
@@ -158,7 +158,8 @@ class _Run:
 
     def unit(self, phase: str, k: int) -> Unit:
         rows, width = self.data.train.features[k].shape
-        cost = forward_flops(rows, width, self.cfg.hidden_shape, output_dim(self.cfg, self.data), self.data.num_classes)
+        cost = forward_flops(rows, width, self.cfg.hidden_shape, output_dim(self.cfg, self.data),
+                             self.data.num_classes)
         return Unit(phase, k, self.data.modalities[k], cost)
 
     def phase(self, phase: str, views: list[int], train: Callable[[Unit], dict]) -> dict[int, dict]:
@@ -185,7 +186,7 @@ class _Run:
         if at_once > 1 and backends.interprets_triton(self.cfg.backend, self.device.type):
             backends.say_once(("concurrent_units", "interpreter"), "concurrent_units: Triton's interpreter "
                               "(TRITON_INTERPRET=1) is not thread-safe; training the units one after another")
-            return 1, torch.get_num_threads()
+            return units_at_once(1, units, self.device)
         return at_once, threads
 
     def resume_point(self, unit: Unit) -> tuple[dict | None, dict | None]:
@@ -240,7 +241,7 @@ def _rsc_unit(run: _Run, unit: Unit, lr: float | str, prior: torch.Tensor) -> di
         m = ModalityData.from_dataset(run.data, unit.view, run.device)
         settings = rsc_settings(run.cfg, lr)
         record = None
-        if lr == lr_search.AUTO:
+        if lr == AUTO:
             record, resume = _search_rate(run, unit, m, prior, settings, resume)
             settings.lr = record["chosen"]
         log.info("RSC on modality %d (%s), lr %g%s", unit.view, unit.name, settings.lr,

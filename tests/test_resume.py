@@ -72,20 +72,30 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     assert not list((out / "checkpoints").glob("*.pt"))    # removed once the run completed
 
 
-def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, tiny_config, monkeypatch):
-    cfg = tiny_config.replace(checkpoint_every=1, concurrent_units=1)   # the units in order: the calls count
-    real, calls = ops.drcl_loss_terms, []
+def fit_interrupted(data, cfg, stop, monkeypatch) -> None:
+    """fit(data, cfg) with a Ctrl-C raised in the RSC loss call for which stop() is first true."""
+    real = ops.drcl_loss_terms
 
-    def interrupted(*args, **kwargs):  # a Ctrl-C in the third RSC epoch (7 batches + 1 validation each)
-        calls.append(1)
-        if len(calls) > 2 * 8 + 3:
+    def interrupted(*args, **kwargs):
+        if stop():
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        fit(mfeat, cfg, progress=False)
+        fit(data, cfg, progress=False)
     monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", real)
+
+
+def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, tiny_config, monkeypatch):
+    cfg = tiny_config.replace(checkpoint_every=1, concurrent_units=1)   # the units in order: the calls count
+    calls = []
+
+    def stop() -> bool:  # a Ctrl-C in the third RSC epoch (7 batches + 1 validation each)
+        calls.append(1)
+        return len(calls) > 2 * 8 + 3
+
+    fit_interrupted(mfeat, cfg, stop, monkeypatch)
 
     folder = Path(cfg.out) / "checkpoints"
     assert sorted(p.name for p in folder.glob("*.pt")) == ["mfeat.rsc0.pt"] + [f"mfeat.spl{k}.pt" for k in range(6)]
@@ -125,19 +135,13 @@ def test_units_interrupted_at_once_resume_where_each_left_off(mfeat, tiny_config
     """Two RSC units train at once when one fails mid-epoch: the other ends its unit, and the resumed run
     finishes both as an uninterrupted run with the same units at once."""
     cfg = tiny_config.replace(checkpoint_every=1, concurrent_units=2)
-    real, calls, first = ops.drcl_loss_terms, threading.local(), threading.Lock()
+    calls, first = threading.local(), threading.Lock()
 
-    def interrupted(*args, **kwargs):
+    def stop() -> bool:  # the twelfth call of a thread is in its unit's second epoch (7 batches + 1 validation each)
         calls.count = getattr(calls, "count", 0) + 1
-        # The twelfth call of a thread is in its unit's second epoch (7 batches + 1 validation each).
-        if calls.count == 12 and first.acquire(blocking=False):
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return calls.count == 12 and first.acquire(blocking=False)
 
-    monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(mfeat, cfg, progress=False)
-    monkeypatch.setattr("drcl_fast.rsc.ops.drcl_loss_terms", real)
+    fit_interrupted(mfeat, cfg, stop, monkeypatch)
     records = [torch.load(p, weights_only=True) for p in (Path(cfg.out) / "checkpoints").glob("mfeat.rsc*.pt")]
     assert sorted(r["done"] for r in records) == [False, True]     # one unit part-way, the other finished
     assert [r["progress"]["epoch"] for r in records if not r["done"]] == [1]
