@@ -1,5 +1,9 @@
 """One whole RSC step on the CPU (encode, Mixup, loss, backward, Adam): reference against restructured.
 
+`torch` is the reference through autograd; `restructured-autograd` the restructured loss with
+the step through autograd; `restructured` the step the trainer runs on the CPU (the restructured
+loss, the layers' and Mixup's gradients in closed form: drcl_fast/encoder_step.py).
+
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python -m pytest bench/bench_loss.py bench/bench_rsc_step.py \
         --benchmark-json=bench/results/loss_cpu.json           # with the loss cases: one table (bench_loss.py)
 
@@ -18,7 +22,8 @@ import torch
 from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
 from drcl_fast.optim import adam
-from drcl_fast.rsc import RSCSettings, batch_loss
+from drcl_fast.encoder_step import step_for
+from drcl_fast.rsc import RSCSettings, batch_gradients
 from drcl_fast.spl import initial_prior
 
 TINY = os.environ.get("DRCL_BENCH_SIZE") == "tiny"
@@ -27,7 +32,7 @@ if TINY:
     SHAPES = {"demo": (28, 24, 32, 16, 10), "loss-heavy": (64, 16, 32, 64, 10)}
 
 
-def make_step(backend: str, b: int, d_in: int, h: int, d: int, c: int):
+def make_step(impl: str, b: int, d_in: int, h: int, d: int, c: int):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, d_in, generator=g)
     targets = torch.eye(c)[torch.randint(0, c, (b,), generator=g)]
@@ -36,19 +41,20 @@ def make_step(backend: str, b: int, d_in: int, h: int, d: int, c: int):
     pinv = ops.prior_pinv(prior)
     encoder = seeded_encoder(d_in, h, d, seed=1)
     optimizer = adam(encoder.parameters(), 1e-5)
+    backend = impl.removesuffix("-autograd")
     settings = RSCSettings(lr=1e-5, epochs=1, batch_size=b, hidden_dim=h, backend=backend)
+    closed_form = None if impl.endswith("-autograd") else step_for(encoder, backend, torch.device("cpu"))
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = batch_loss(encoder, x, targets, perm, prior, pinv, 0.5, settings)[0]
-        loss.backward()
+        loss = batch_gradients(encoder, closed_form, x, targets, perm, prior, pinv, 0.5, settings)[0]
         optimizer.step()
         return loss.item()
     return step
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("impl", ["torch", "restructured"])
+@pytest.mark.parametrize("impl", ["torch", "restructured-autograd", "restructured"])
 def test_rsc_step(benchmark, impl, shape):
     b, d_in, h, d, c = SHAPES[shape]
     assert make_step(impl, *SHAPES[shape])() == pytest.approx(make_step("torch", *SHAPES[shape])(), rel=1e-5)

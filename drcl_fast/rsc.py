@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from drcl_fast import ops
+from drcl_fast.encoder_step import EncoderStep, step_for
 from drcl_fast.errors import NonFiniteLossError
 from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
 from drcl_fast.model import Encoder, encoder_from_state, seeded_encoder
@@ -81,9 +82,48 @@ def batch_loss(encoder: Encoder, x: torch.Tensor, targets: torch.Tensor, permuta
     the projection are fused kernels as well as the loss.
     """
     mixed_f, logits = encoder.mixed_forward(x, permutation, s.gamma, prior, s.backend)
+    return mixed_loss(mixed_f, logits, targets, permutation, pinv, q, s)
+
+
+def mixed_loss(mixed_f: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor,
+               pinv: torch.Tensor, q: float, s: RSCSettings
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """J and its terms from the mixed batch f~ and its logits f~ W: the targets mixed alike, recast, loss."""
     mixed_t = ops.mix_rows(targets, s.gamma, permutation)
     terms = ops.drcl_loss_terms(mixed_f, mixed_t, logits, pinv, q, backend=s.backend)
     return objective(terms, s), terms
+
+
+def batch_gradients(encoder: Encoder, step: EncoderStep | None, x: torch.Tensor, targets: torch.Tensor,
+                    permutation: torch.Tensor, prior: torch.Tensor, pinv: torch.Tensor, q: float, s: RSCSettings
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``batch_loss``, with J's gradients in the encoder's .grad: through `step`'s closed-form layers
+    where it is given (Mixup and the projection as ``reference.mixup_project`` does them, and where the
+    loss forms its gradients itself, its backward and Mixup's by hand too), else by autograd."""
+    if step is None:
+        loss, terms = batch_loss(encoder, x, targets, permutation, prior, pinv, q, s)
+        loss.backward()
+        return loss, terms
+
+    def tail(unit: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        mixed_f = ops.mix_rows(unit, s.gamma, permutation)
+        return mixed_loss(mixed_f, mixed_f @ prior, targets, permutation, pinv, q, s)
+
+    def tail_by_hand(unit: torch.Tensor
+                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        mixed_f = ops.mix_rows(unit, s.gamma, permutation)
+        weights = torch.tensor([s.eta, s.alpha, s.beta], dtype=unit.dtype)
+        stacked, d_mixed, d_logits = ops.drcl_loss_gradients(
+            mixed_f, ops.mix_rows(targets, s.gamma, permutation), mixed_f @ prior, pinv, q, weights)
+        d_mixed.addmm_(d_logits, prior.t())   # through the logits f~ W
+        # Through Mixup, gamma f + (1 - gamma) f[pi]: row pi_i also receives (1 - gamma) of row i's gradient.
+        d_unit = torch.mul(d_mixed, s.gamma).index_add_(0, permutation, d_mixed, alpha=1.0 - s.gamma)
+        terms = tuple(stacked.unbind())
+        return objective(terms, s), terms, d_unit
+
+    if ops.loss_forms_gradients(x.shape[0], prior.shape[0], targets, pinv, s.backend):
+        return step.loss_and_grads_by_hand(x, tail_by_hand)
+    return step.loss_and_grads(x, tail)
 
 
 def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress: bool = True,
@@ -99,6 +139,7 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     pinv = (ops.prior_pinv(prior) if pinv is None else pinv).to(device)
     encoder = seeded_encoder(data.input_dim, s.hidden_dim, prior.shape[0], s.seed, device)
     optimizer = adam(encoder.parameters(), s.lr)
+    step = step_for(encoder, s.backend, device)
     generator = torch.Generator().manual_seed(s.seed)
     best: _Selection | None = None
     history: list[dict[str, float]] = []
@@ -128,9 +169,8 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
             for b in range(batches.shape[0]):
                 idx = batches[b]
                 optimizer.zero_grad(set_to_none=True)
-                loss, terms = batch_loss(encoder, data.train_x[idx], data.train_t[idx], permutations[b], prior,
-                                         pinv, q, s)
-                loss.backward()
+                loss, terms = batch_gradients(encoder, step, data.train_x[idx], data.train_t[idx],
+                                              permutations[b], prior, pinv, q, s)
                 optimizer.step()
                 values = torch.stack([t.detach() for t in terms])
                 sums += torch.cat([loss.detach().reshape(1), values]).double()

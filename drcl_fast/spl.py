@@ -10,7 +10,9 @@ from typing import Any, Callable
 import torch
 
 from drcl_fast import ops
+from drcl_fast.encoder_step import EncoderStep, step_for
 from drcl_fast.errors import ConfigError, NonFiniteLossError
+from drcl_fast.ops.restructured import gce_value_and_grad
 from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
 from drcl_fast.model import seeded_encoder
 from drcl_fast.optim import adam
@@ -58,6 +60,28 @@ def quality_score(encoder: torch.nn.Module, prior: torch.Tensor, x: torch.Tensor
     return (probabilities * targets).sum(dim=1).mean()
 
 
+def batch_gradients(encoder: torch.nn.Module, step: EncoderStep | None, x: torch.Tensor,
+                    prior: torch.Tensor, targets: torch.Tensor, q: float, backend: str) -> torch.Tensor:
+    """GCE of one batch, with its gradients in the encoder's and the prior's .grad: through `step`'s
+    closed-form layers where it is given (GCE's and the projection's backward by hand then too), else
+    by autograd."""
+    if step is None:
+        loss = ops.gce_loss(encoder(x) @ prior, targets, q, backend=backend)
+        loss.backward()
+        return loss
+
+    def tail_by_hand(unit: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor]:
+        loss, d_logits = gce_value_and_grad(unit @ prior, targets, q)   # GCE's reference where step is
+        d_prior = unit.t() @ d_logits
+        if prior.grad is None:
+            prior.grad = d_prior
+        else:
+            prior.grad.add_(d_prior)
+        return loss, None, d_logits @ prior.t()
+
+    return step.loss_and_grads_by_hand(x, tail_by_hand)[0]
+
+
 def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
                 hidden_dim: int, sample_interval: int, seed: int, backend: str = "auto",
                 progress: bool = True, resume: dict[str, Any] | None = None,
@@ -71,6 +95,7 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
     encoder = seeded_encoder(data.input_dim, hidden_dim, w0.shape[0], seed, device)
     prior = torch.nn.Parameter(w0.clone().to(device))
     optimizer = adam([*encoder.parameters(), prior], lr)
+    step = step_for(encoder, backend, device)
     generator = torch.Generator().manual_seed(seed)
     result = SPLResult(data.name, w0.clone(), w0.clone(), best_epoch=0)
     start = 0
@@ -101,8 +126,7 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
             for b in range(batches.shape[0]):
                 idx = batches[b]
                 optimizer.zero_grad(set_to_none=True)
-                loss = ops.gce_loss(encoder(data.train_x[idx]) @ prior, data.train_t[idx], q, backend=backend)
-                loss.backward()
+                loss = batch_gradients(encoder, step, data.train_x[idx], prior, data.train_t[idx], q, backend)
                 optimizer.step()
                 total += loss.detach().double()
         sampled = (epoch + 1) % sample_interval == 0

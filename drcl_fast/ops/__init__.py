@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from drcl_fast.backends import choose, pick, picks_automatically, say_once
+from drcl_fast.kernels.fused_loss import combine
 from drcl_fast.ops import custom_ops, probes, reference, restructured
 from drcl_fast.ops.pinv import prior_pinv
 from drcl_fast.ops.reference import feature_mixup, gce_q, mix_rows
@@ -36,8 +37,8 @@ try:
 except ImportError:   # no Triton: "auto" falls back, and says so once
     _triton_loss = _TritonGCE = _triton_linear_relu = _TritonMixupProject = None
 
-__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "linear_relu", "mixup_project", "prior_pinv",
-           "feature_mixup", "mix_rows", "gce_q", "check_backend"]
+__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "drcl_loss_gradients", "loss_forms_gradients", "linear_relu", "mixup_project", "prior_pinv",
+           "feature_mixup", "mix_rows", "gce_q", "check_backend", "step_ops_run_reference"]
 
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
@@ -92,6 +93,14 @@ def _pick(op: str, backend: str, device: torch.device, *constants: torch.Tensor)
 probes.register(_REGISTRIES)
 
 
+def step_ops_run_reference(backend: str, device: torch.device | str) -> bool:
+    """Whether a training step's ops besides the RSC loss (the encoder's layers, Mixup and projection,
+    GCE) run their PyTorch reference for `backend` on `device`, whichever backend was asked for (on the
+    CPU, every one but "triton")."""
+    return all(pick(op, backend, device, _REGISTRIES[op]) == "torch"
+               for op in ("linear_relu", "mixup_project", "gce_loss"))
+
+
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float, backend: str = "auto") -> torch.Tensor:
     """Generalised cross-entropy of `logits` against soft `targets` (q = 0: its -log limit)."""
     return _pick("gce_loss", backend, logits.device, targets)(logits, targets, q)
@@ -102,12 +111,34 @@ def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(J_L, J_D, J_MSE) of the RSC objective on an already-mixed batch."""
     _check_loss_shapes(features, targets, logits, pinv)
-    fn = _pick("drcl_loss", backend, features.device, targets, pinv)
-    b, d, c = features.shape[0], features.shape[1], targets.shape[1]
+    rows, width = features.shape
+    return _loss_implementation(rows, width, targets, pinv, backend)(features, targets, logits, pinv, q)
+
+
+def loss_forms_gradients(rows: int, width: int, targets: torch.Tensor, pinv: torch.Tensor, backend: str) -> bool:
+    """Whether the RSC loss `backend` picks for `rows` x `width` features (and these targets, on their
+    device) forms its gradients in the forward pass (the restructured engine), so that
+    ``drcl_loss_gradients`` can hand them out without autograd."""
+    return _loss_implementation(rows, width, targets, pinv, backend) is _DRCL_TERMS["restructured"]
+
+
+def drcl_loss_gradients(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, pinv: torch.Tensor,
+                        q: float, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The restructured loss with no autograd graph: ((J_L, J_D, J_MSE) stacked, d(weights . J)/dfeatures,
+    d(weights . J)/dlogits), `weights` the terms' factors in the objective, (eta, alpha, beta). The same
+    values as ``drcl_loss_terms`` under autograd, where ``loss_forms_gradients`` holds."""
+    _check_loss_shapes(features, targets, logits, pinv)
+    terms, *grads = restructured.ENGINE.forward(features, targets, logits, pinv, q, need_grad=True)
+    return (terms, *combine(weights.to(terms), *grads))
+
+
+def _loss_implementation(rows: int, width: int, targets: torch.Tensor, pinv: torch.Tensor, backend: str
+                         ) -> Callable:
+    fn = _pick("drcl_loss", backend, targets.device, targets, pinv)
     if picks_automatically(backend, _DRCL_TERMS) and fn is _DRCL_TERMS["restructured"] and \
-            not restructured.pays_off(b, d, c):
-        fn = _DRCL_TERMS["torch"]
-    return fn(features, targets, logits, pinv, q)
+            not restructured.pays_off(rows, width, targets.shape[1]):
+        return _DRCL_TERMS["torch"]
+    return fn
 
 
 def _check_loss_shapes(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,

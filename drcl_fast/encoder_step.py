@@ -1,0 +1,128 @@
+"""A training step through the encoder's layers in closed form: the CPU's fast twin of autograd.
+
+Autograd records a graph of about twenty nodes for the encoder's three layers every
+step, allocates each intermediate afresh and walks the graph back; on a CPU at the
+demo's batch that bookkeeping is a tenth of a step (docs/training.md). Here the
+layers' forward runs the ops ``Encoder.forward`` runs (the same bits) and their
+backward is written out, five products and three elementwise passes; what follows
+the unit rows (Mixup, the projection, the loss, SPL's trainable prior) stays with
+autograd, on a graph of a few nodes, so every loss implementation and the dispatch
+work unchanged. ``EncoderStep.loss_and_grads`` is the whole step's gradient; autograd
+through the ``Encoder`` module is its reference twin, and ``tests/test_encoder_step.py``
+compares the two.
+
+It runs where the encoder's layers would run their PyTorch reference anyway (the CPU,
+any backend but the explicit "torch"); a GPU keeps autograd, whose layers are fused
+Triton kernels there.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, TypeVar
+
+import torch
+
+from drcl_fast import ops
+from drcl_fast.model import Encoder
+
+Aux = TypeVar("Aux")
+Tail = Callable[[torch.Tensor], tuple[torch.Tensor, Aux]]
+TailByHand = Callable[[torch.Tensor], tuple[torch.Tensor, Aux, torch.Tensor]]
+
+
+def closed_form_applies(backend: str, device: torch.device) -> bool:
+    """Whether training steps take the closed-form layers: on the CPU, where the step's ops resolve
+    to their PyTorch reference, unless the reference itself (backend "torch") is asked for."""
+    return device.type == "cpu" and backend != "torch" and ops.step_ops_run_reference(backend, device)
+
+
+def step_for(encoder: Encoder, backend: str, device: torch.device) -> "EncoderStep | None":
+    """The closed-form step for `encoder` where it applies; None where the step goes through autograd."""
+    return EncoderStep(encoder) if closed_form_applies(backend, device) else None
+
+
+class EncoderStep:
+    """One training step's gradients for `encoder`, its layers' backward by hand.
+
+    The activations, their gradients and the weights' gradients live in buffers kept from
+    step to step (a step's shapes repeat: the last partial batch is dropped), so no step
+    faults in fresh pages for them.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        first, second, head = encoder.body[0], encoder.body[2], encoder.head
+        self._layers = (first.weight, first.bias, second.weight, second.bias, head.weight)
+        self._grads = tuple(torch.empty_like(p) for p in self._layers)
+        self._rows = -1
+
+    def loss_and_grads(self, x: torch.Tensor, tail: Tail) -> tuple[torch.Tensor, Aux]:
+        """(loss, aux) of ``tail(encoder(x))``, with the loss's gradients in every parameter's .grad.
+
+        `tail` maps the unit rows F(x) to (a scalar loss, anything else) under autograd;
+        parameters it uses itself get their gradients from autograd, as on the reference path.
+        """
+        def through_autograd(unit: torch.Tensor) -> tuple[torch.Tensor, Aux, torch.Tensor]:
+            unit.requires_grad_()
+            with torch.enable_grad():
+                loss, aux = tail(unit)
+                loss.backward()
+            return loss, aux, unit.grad
+
+        return self.loss_and_grads_by_hand(x, through_autograd)
+
+    def loss_and_grads_by_hand(self, x: torch.Tensor, tail: TailByHand) -> tuple[torch.Tensor, Aux]:
+        """As ``loss_and_grads``, for a `tail` that forms its own gradients: it maps the unit rows to
+        (loss, aux, dloss/dF(x)), with no autograd, and fills in the gradients of parameters of its own."""
+        if x.shape[0] != self._rows:
+            self._allocate(x.shape[0])
+        with torch.no_grad():
+            norms, unit = self._forward(x)
+            loss, aux, d_unit = tail(unit)
+            self._backward(x, norms, unit.detach(), d_unit)
+        return loss, aux
+
+    def _allocate(self, rows: int) -> None:
+        w1, _, _, _, w3 = self._layers
+        hidden, output = w1.shape[0], w3.shape[0]
+        self._h1, self._h2, self._d_h = (w1.new_empty(rows, hidden) for _ in range(3))
+        self._z = w1.new_empty(rows, output)
+        self._rows = rows
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ops of ``Encoder.forward`` (F.linear is addmm or mm on the CPU): (|z|, the unit rows z / |z|)."""
+        w1, b1, w2, b2, w3 = self._layers
+        torch.addmm(b1, x, w1.t(), out=self._h1).relu_()
+        torch.addmm(b2, self._h1, w2.t(), out=self._h2).relu_()
+        z = torch.mm(self._h2, w3.t(), out=self._z)
+        norms = z.norm(dim=1, keepdim=True)
+        return norms, z / norms
+
+    def _backward(self, x: torch.Tensor, norms: torch.Tensor, unit: torch.Tensor, d_unit: torch.Tensor) -> None:
+        """Gradients of the layers from dJ/dF(x), accumulated into .grad as autograd would."""
+        w1, b1, w2, b2, w3 = self._layers
+        g1, gb1, g2, gb2, g3 = self._grads
+        h1, h2, d_h = self._h1, self._h2, self._d_h
+        # Through z / |z|: (g - u (u . g)) / |z|, u the unit rows; z's memory takes it (not read again).
+        row_dots = torch.bmm(unit.unsqueeze(1), d_unit.unsqueeze(2)).view(-1, 1)
+        d_z = torch.addcmul(d_unit, unit, row_dots, value=-1.0, out=self._z).div_(norms)
+        torch.mm(d_z, w3, out=d_h)
+        _accumulate(w3, g3, functools.partial(torch.mm, d_z.t(), h2))
+        d_a = torch.ops.aten.threshold_backward.grad_input(d_h, h2, 0, grad_input=h2)   # h2 not read again
+        torch.mm(d_a, w2, out=d_h)
+        _accumulate(w2, g2, functools.partial(torch.mm, d_a.t(), h1))
+        _accumulate(b2, gb2, functools.partial(torch.sum, d_a, 0))
+        d_a = torch.ops.aten.threshold_backward.grad_input(d_h, h1, 0, grad_input=h1)
+        _accumulate(w1, g1, functools.partial(torch.mm, d_a.t(), x))
+        _accumulate(b1, gb1, functools.partial(torch.sum, d_a, 0))
+
+
+def _accumulate(param: torch.Tensor, buffer: torch.Tensor, grad: Callable[..., torch.Tensor]) -> None:
+    """param.grad += grad(out=buffer), as autograd accumulates: where param has no gradient
+    (zero_grad(set_to_none=True)) the buffer becomes it, read by the optimiser before the next
+    step writes it again; where it has one, the sum goes into it."""
+    if param.grad is None:
+        param.grad = grad(out=buffer)
+    elif param.grad is buffer:   # last step's buffer, zeroed in place or not: add a fresh product
+        param.grad.add_(grad())
+    else:
+        param.grad.add_(grad(out=buffer))

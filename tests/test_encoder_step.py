@@ -1,0 +1,145 @@
+"""The closed-form encoder step against its reference twin, autograd through the Encoder module."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from drcl_fast import ops, rsc, spl
+from drcl_fast.encoder_step import EncoderStep, closed_form_applies, step_for
+from drcl_fast.model import seeded_encoder
+from drcl_fast.spl import initial_prior
+
+# Odd sizes: no width a multiple of a vector or a block. At B rows the RSC loss is the reference
+# (autograd runs the step's tail); at LOSS_BY_HAND_ROWS the restructured engine, whose gradients the
+# step takes by hand.
+B, D_IN, H, D, C = 37, 19, 65, 33, 5
+LOSS_BY_HAND_ROWS = 301
+# float32: elementwise, against the largest gradient entry; float64 to a few roundings.
+TOLERANCE = {torch.float32: 2e-6, torch.float64: 1e-13}
+
+
+def _batch(dtype: torch.dtype, seed: int = 0, rows: int = B) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.zeros(rows, C, dtype=dtype)
+    targets[torch.arange(rows), torch.randint(0, C, (rows,), generator=g)] = 1
+    prior = initial_prior(D, C, seed + 1).to(dtype)
+    return dict(x=torch.randn(rows, D_IN, generator=g, dtype=dtype), targets=targets,
+                permutation=torch.randperm(rows, generator=g), prior=prior, pinv=ops.prior_pinv(prior))
+
+
+def _rsc_grads(dtype: torch.dtype, closed: bool, batch: dict) -> tuple[float, list[torch.Tensor]]:
+    encoder = seeded_encoder(D_IN, H, D, 3).to(dtype)
+    settings = rsc.RSCSettings(lr=1e-3, epochs=1, batch_size=batch["x"].shape[0], hidden_dim=H)
+    loss, _ = rsc.batch_gradients(encoder, EncoderStep(encoder) if closed else None, batch["x"],
+                                  batch["targets"], batch["permutation"], batch["prior"], batch["pinv"], 0.5,
+                                  settings)
+    return loss.item(), [p.grad for p in encoder.parameters()]
+
+
+def _spl_grads(dtype: torch.dtype, closed: bool, batch: dict) -> tuple[float, list[torch.Tensor]]:
+    encoder = seeded_encoder(D_IN, H, D, 3).to(dtype)
+    prior = torch.nn.Parameter(batch["prior"].clone())
+    loss = spl.batch_gradients(encoder, EncoderStep(encoder) if closed else None, batch["x"], prior,
+                               batch["targets"], 0.3, "auto")
+    return loss.item(), [p.grad for p in (*encoder.parameters(), prior)]
+
+
+def _assert_close(closed: list[torch.Tensor], reference: list[torch.Tensor], dtype: torch.dtype) -> None:
+    for got, want in zip(closed, reference, strict=True):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        worst = (got - want).abs().max().item()
+        assert worst <= TOLERANCE[dtype] * want.abs().max().item(), worst
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("phase, rows", [("rsc", B), ("rsc", LOSS_BY_HAND_ROWS), ("spl", B)])
+def test_closed_form_gradients_equal_autograd(phase: str, rows: int, dtype: torch.dtype) -> None:
+    grads = _rsc_grads if phase == "rsc" else _spl_grads
+    batch = _batch(dtype, rows=rows)
+    if phase == "rsc":   # both tails are exercised: autograd's, and the loss's own gradients by hand
+        assert ops.loss_forms_gradients(rows, D, batch["targets"], batch["pinv"],
+                                        "auto") is (rows == LOSS_BY_HAND_ROWS)
+    loss_closed, closed = grads(dtype, True, batch)
+    loss_ref, reference = grads(dtype, False, batch)
+    assert loss_closed == loss_ref   # the forward runs the same ops: the same bits
+    assert all(g.abs().max() > 0 for g in reference)   # every layer gets a gradient to compare
+    _assert_close(closed, reference, dtype)
+
+
+def test_the_forward_gives_the_encoders_bits() -> None:
+    encoder = seeded_encoder(D_IN, H, D, 5)
+    x = torch.randn(B, D_IN)
+    seen = []
+    EncoderStep(encoder).loss_and_grads(x, lambda unit: (seen.append(unit.detach().clone()) or unit.sum(), None))
+    with torch.no_grad():
+        assert torch.equal(seen[0], encoder(x))
+
+
+def test_gradients_accumulate_as_autograd_does() -> None:
+    """Two steps without zeroing sum their gradients, whether .grad is the step's own buffer
+    (zero_grad(set_to_none=False) zeroes it in place) or a tensor of the caller's."""
+    batch = _batch(torch.float64, seed=4)
+    encoder = seeded_encoder(D_IN, H, D, 3).double()
+    step = EncoderStep(encoder)
+
+    def run() -> None:
+        step.loss_and_grads(batch["x"], lambda unit: ((unit @ batch["prior"]).square().sum(), None))
+
+    run()
+    once = [p.grad.clone() for p in encoder.parameters()]
+    run()   # .grad is the step's buffer now
+    assert all(torch.allclose(p.grad, 2 * g, rtol=1e-12, atol=0) for p, g in zip(encoder.parameters(), once))
+    for p, g in zip(encoder.parameters(), once):
+        p.grad = g.clone()   # a gradient the step does not own
+    run()
+    assert all(torch.allclose(p.grad, 2 * g, rtol=1e-12, atol=0) for p, g in zip(encoder.parameters(), once))
+
+
+def test_a_new_batch_size_gets_new_buffers() -> None:
+    encoder = seeded_encoder(D_IN, H, D, 3).double()
+    step = EncoderStep(encoder)
+    for rows in (B, B - 10, B):
+        x = torch.randn(rows, D_IN, dtype=torch.float64)
+        encoder.zero_grad(set_to_none=True)
+        step.loss_and_grads(x, lambda unit: (unit[:, 0].sum(), None))
+        closed = [p.grad.clone() for p in encoder.parameters()]
+        encoder.zero_grad(set_to_none=True)
+        encoder(x)[:, 0].sum().backward()
+        _assert_close(closed, [p.grad for p in encoder.parameters()], torch.float64)
+
+
+@pytest.mark.parametrize("backend, applies", [("auto", True), ("restructured", True), ("cpp", True),
+                                              ("torch", False)])
+def test_the_closed_form_runs_on_the_cpu_unless_the_reference_is_asked_for(backend: str, applies: bool) -> None:
+    assert closed_form_applies(backend, torch.device("cpu")) is applies
+    step = step_for(seeded_encoder(D_IN, H, D, 3), backend, torch.device("cpu"))
+    assert (step is not None) is applies
+
+
+def test_the_triton_layers_keep_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("triton", reason="the Triton layers need Triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not closed_form_applies("triton", torch.device("cpu"))
+
+
+def test_a_short_training_run_matches_the_autograd_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same seed, with and without the closed form: per-epoch losses to float32 rounding, the same
+    selection, test embeddings close."""
+    from drcl_fast.modality import ModalityData
+    g = torch.Generator().manual_seed(7)
+    n, c = 60, 4
+    labels = torch.randint(0, c, (n,), generator=g)
+    data = ModalityData("m", torch.randn(n, 23, generator=g), torch.eye(c)[labels],
+                        torch.randn(20, 23, generator=g), torch.eye(c)[torch.randint(0, c, (20,), generator=g)],
+                        torch.randn(15, 23, generator=g), labels[:15].numpy())
+    settings = rsc.RSCSettings(lr=1e-3, epochs=4, batch_size=16, hidden_dim=48)
+    prior = initial_prior(32, c, 1)
+    closed = rsc.train_rsc(data, prior, settings, progress=False)
+    monkeypatch.setattr(rsc, "step_for", lambda *args: None)
+    reference = rsc.train_rsc(data, prior, settings, progress=False)
+    for a, b in zip(closed.history, reference.history, strict=True):
+        assert a.keys() == b.keys()
+        assert all(abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(b[k])) for k in a)
+    assert closed.best_epoch == reference.best_epoch
+    assert torch.allclose(torch.from_numpy(closed.test_embeddings), torch.from_numpy(reference.test_embeddings),
+                          atol=1e-5)
