@@ -11,12 +11,13 @@ DEMO_OUT ?= runs/demo
 
 install: $(STAMP)
 
-# setup.py compiles csrc/ (the C++ MAP ranking) into the package: rebuild when it changes.
+# setup.py compiles csrc/ (the C++ MAP ranking, and the CPU training step against the torch
+# just installed, hence no build isolation) into the package: rebuild when it changes.
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet "$(TORCH_PIN)" "setuptools>=68" "pybind11>=2.10"
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[test]"
 	touch $@
 
 # Six-view DRCL on the bundled UCI mfeat digits (CPU preset), then the 30-direction MAP table.

@@ -1,9 +1,14 @@
-"""Builds the optional C++ extension drcl_fast._map_cpp; the metadata is in pyproject.toml.
+"""Builds the optional C++ extensions; the metadata is in pyproject.toml.
+
+- drcl_fast._map_cpp (csrc/map_rank.cpp): MAP ranking, pybind11 over numpy buffers;
+- drcl_fast._step_cpp (csrc/train_step.cpp): the CPU training step, against torch's C++
+  API, so torch must be importable where it builds: `make install` runs pip with
+  --no-build-isolation for that (an isolated build has no torch, and skips it).
 
 A failed build does not fail the install: the package then runs the PyTorch
-reference on the CPU and says so once (see csrc/README.md). With
-DRCL_FAST_REQUIRE_EXTENSIONS=1 (set by `make test` and CI) it does fail, so
-that a broken extension cannot hide behind skipped tests.
+code instead and says so (see csrc/README.md). With DRCL_FAST_REQUIRE_EXTENSIONS=1
+(set by `make test` and CI) it does fail, so that a broken extension cannot hide
+behind skipped tests.
 """
 from __future__ import annotations
 
@@ -30,29 +35,49 @@ def extensions() -> list:
         return []
     # -O3 without -march=native or -ffast-math: the wheel must run on other CPUs and
     # keep IEEE comparisons, which the exact tie rule depends on.
-    return [Pybind11Extension("drcl_fast._map_cpp", ["csrc/map_rank.cpp"], depends=["csrc/rank.h"], cxx_std=17,
-                              extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"])]
+    ranking = Pybind11Extension("drcl_fast._map_cpp", ["csrc/map_rank.cpp"], depends=["csrc/rank.h"], cxx_std=17,
+                                extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"])
+    return [ranking, *step_extension()]
+
+
+def step_extension() -> list:
+    """drcl_fast._step_cpp, built against the torch this build imports (torch's extension flags by hand,
+    since one build command serves both extensions); none where torch is not importable."""
+    try:
+        import torch
+        from torch.utils.cpp_extension import CppExtension
+    except ImportError:
+        if REQUIRED:
+            sys.exit("error: torch is not importable in this build, and DRCL_FAST_REQUIRE_EXTENSIONS=1 requires "
+                     "drcl_fast._step_cpp: install torch first, then pip install --no-build-isolation -e .")
+        print("warning: torch is not importable in this build (pip's isolated build environment); "
+              "drcl_fast._step_cpp is not built: pip install --no-build-isolation builds it", file=sys.stderr)
+        return []
+    flags = ["-O3", "-std=c++20", "-DTORCH_EXTENSION_NAME=_step_cpp", "-DTORCH_API_INCLUDE_EXTENSION_H",
+             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+    return [CppExtension("drcl_fast._step_cpp", ["csrc/train_step.cpp"], extra_compile_args=flags)]
 
 
 if build_ext is not None:
     class OptionalBuildExt(build_ext):
-        """Warn instead of failing when the compiler or OpenMP is missing."""
+        """Warn instead of failing when the compiler, OpenMP or torch's headers are missing: one
+        extension that fails leaves the others built."""
 
-        def run(self) -> None:
+        def build_extension(self, ext) -> None:
             try:
-                super().run()
-            except Exception as error:  # noqa: BLE001 - any build failure leaves the pure-Python package
-                self._remove_stale_builds()
+                super().build_extension(ext)
+            except Exception as error:  # noqa: BLE001 - any build failure leaves the pure-Python path
+                self._remove_stale_build(ext)
                 if REQUIRED:
                     raise
-                self.warn(f"drcl_fast._map_cpp was not built ({error}); the cpp backend will be unavailable")
+                self.warn(f"{ext.name} was not built ({error}); the package runs its Python code instead")
 
-        def _remove_stale_builds(self) -> None:
+        def _remove_stale_build(self, ext) -> None:
             """An earlier build left in place would be imported as if this one had worked."""
-            for ext in self.extensions:
-                for inplace in (0, 1):
-                    self.inplace = inplace
-                    Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+            inplace = self.inplace
+            for self.inplace in (0, 1):
+                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+            self.inplace = inplace
 
     setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
 else:

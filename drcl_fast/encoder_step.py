@@ -13,7 +13,10 @@ compares the two.
 
 It runs where the encoder's layers would run their PyTorch reference anyway (the CPU,
 any backend but the explicit "torch"); a GPU keeps autograd, whose layers are fused
-Triton kernels there.
+Triton kernels there. Where the C++ extension ``drcl_fast._step_cpp`` is built
+(csrc/train_step.cpp), ``native_rsc`` and ``native_spl`` run a whole step of those ops in
+one call with the GIL released: the same bits as the Python step, without the Python
+between the ops, which units training at once in threads otherwise wait on.
 """
 from __future__ import annotations
 
@@ -24,6 +27,19 @@ import torch
 
 from drcl_fast import ops
 from drcl_fast.model import Encoder
+from drcl_fast.ops import recast, reference, restructured
+from drcl_fast.ops.pinv import pinv_core
+
+try:
+    from drcl_fast import _step_cpp
+except ImportError:   # not built (csrc/README.md): the Python step runs, the same bits more slowly
+    _step_cpp = None
+
+NATIVE_AVAILABLE = _step_cpp is not None
+# The loss's limits as csrc/train_step.cpp takes them, from their one definition in Python.
+_LOSS_INTS = [restructured.PANEL_ROWS, restructured.MIN_SPLIT_ROWS, restructured.SUM_CHUNK,
+              restructured.SPARSE_LABELS_ABOVE, restructured.LOGITS_ROUTE_MIN_CLASSES, recast.DENSE_ABOVE]
+_LOSS_DOUBLES = [restructured.LOGITS_ROUTE_MAX_CONDITION, reference.COS_EPS]
 
 Aux = TypeVar("Aux")
 Tail = Callable[[torch.Tensor], tuple[torch.Tensor, Aux]]
@@ -81,11 +97,53 @@ class EncoderStep:
             self._backward(x, norms, unit.detach(), d_unit)
         return loss, aux
 
+    def native_rsc(self, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor, prior: torch.Tensor,
+                   pinv: torch.Tensor, q: float, gamma: float, weights: tuple[float, float, float]
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
+        """RSC's step with the restructured loss in C++: (J, its terms), the encoder's .grad set, or None
+        where the extension is missing or the loss takes another route (then the Python step runs)."""
+        if not self._native_ready(x):
+            return None
+        core = pinv_core(pinv)
+        found = _step_cpp.rsc_step(x, targets, permutation, gamma, prior, pinv, core.gram, core.condition, q,
+                                   *weights, torch.tensor(weights, dtype=x.dtype), list(self._layers),
+                                   self._buffers, list(self._grads), _LOSS_INTS, _LOSS_DOUBLES)
+        if not found:
+            return None
+        self._set_grads()
+        return found[0], tuple(found[1].unbind())
+
+    def native_spl(self, x: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor, q: float
+                   ) -> torch.Tensor | None:
+        """SPL's step (GCE, the prior trained) in C++: the loss, the encoder's and the prior's .grad set,
+        or None where the extension is missing."""
+        if not self._native_ready(x) or prior.grad is not None:
+            return None
+        prior_grad = torch.empty_like(prior)
+        loss, = _step_cpp.spl_step(x, targets, prior.detach(), q, list(self._layers), self._buffers,
+                                   list(self._grads), prior_grad)
+        self._set_grads()
+        prior.grad = prior_grad
+        return loss
+
+    def _native_ready(self, x: torch.Tensor) -> bool:
+        """The extension is there, and no gradient waits to be added to (it writes them, it does not add)."""
+        if _step_cpp is None or any(p.grad is not None for p in self._layers):
+            return False
+        if x.shape[0] != self._rows:
+            self._allocate(x.shape[0])
+        return True
+
+    def _set_grads(self) -> None:
+        for param, grad in zip(self._layers, self._grads):
+            param.grad = grad
+
     def _allocate(self, rows: int) -> None:
         w1, _, _, _, w3 = self._layers
         hidden, output = w1.shape[0], w3.shape[0]
         self._h1, self._h2, self._d_h = (w1.new_empty(rows, hidden) for _ in range(3))
         self._z = w1.new_empty(rows, output)
+        self._buffers = [self._h1, self._h2, self._d_h, self._z]
         self._rows = rows
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -122,7 +122,8 @@ def batch_gradients(encoder: Encoder, step: EncoderStep | None, x: torch.Tensor,
         return objective(terms, s), terms, d_unit
 
     if ops.loss_forms_gradients(x.shape[0], prior.shape[0], targets, pinv, s.backend):
-        return step.loss_and_grads_by_hand(x, tail_by_hand)
+        found = step.native_rsc(x, targets, permutation, prior, pinv, q, s.gamma, (s.eta, s.alpha, s.beta))
+        return step.loss_and_grads_by_hand(x, tail_by_hand) if found is None else found
     return step.loss_and_grads(x, tail)
 
 

@@ -79,7 +79,8 @@ def batch_gradients(encoder: torch.nn.Module, step: EncoderStep | None, x: torch
             prior.grad.add_(d_prior)
         return loss, None, d_logits @ prior.t()
 
-    return step.loss_and_grads_by_hand(x, tail_by_hand)[0]
+    found = step.native_spl(x, targets, prior, q)
+    return step.loss_and_grads_by_hand(x, tail_by_hand)[0] if found is None else found
 
 
 def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size: int, lr: float,

@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from drcl_fast.config import DRCLConfig  # noqa: E402
 from drcl_fast.data import load_mfeat  # noqa: E402
+from drcl_fast import encoder_step  # noqa: E402
 from drcl_fast.retrieval import cpp  # noqa: E402
 
 # A GPU launch passes a Python float kernel argument as a float32 parameter (`.param .f32`),
@@ -82,9 +83,10 @@ REQUIRE_EXTENSIONS = os.environ.get("DRCL_FAST_REQUIRE_EXTENSIONS") == "1"
 def missing_extensions() -> list[str]:
     """The optional parts this process lacks, each with what to do about it."""
     missing = []
-    if not cpp.AVAILABLE:
-        missing.append("the C++ extension drcl_fast._map_cpp is not built (reinstall with `pip install -e .` "
-                       "and read the compiler's error, or `make clean test`)")
+    for name, available in (("_map_cpp", cpp.AVAILABLE), ("_step_cpp", encoder_step.NATIVE_AVAILABLE)):
+        if not available:
+            missing.append(f"the C++ extension drcl_fast.{name} is not built (reinstall with `pip install "
+                           f"--no-build-isolation -e .` and read the compiler's error, or `make clean test`)")
     if importlib.util.find_spec("triton") is None:
         missing.append("Triton is not installed (`pip install -e '.[test]'`)")
     return missing

@@ -1,0 +1,95 @@
+"""The C++ training step (drcl_fast._step_cpp) against the Python closed-form step: the same bits."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from drcl_fast import encoder_step, ops, rsc, spl
+from drcl_fast.encoder_step import EncoderStep
+from drcl_fast.model import seeded_encoder
+from drcl_fast.spl import initial_prior
+
+pytestmark = pytest.mark.skipif(not encoder_step.NATIVE_AVAILABLE, reason="drcl_fast._step_cpp is not built "
+                                "(make test requires it: tests/conftest.py)")
+
+# (B, d_in, H, D, C, dtype): the demo's step; odd sizes with the recast as a sparse product (C = 5) or a
+# dense one (C = 3); two row panels with a split diagonal block (B > PANEL_ROWS); float64.
+CASES = [(140, 216, 1024, 512, 10, torch.float32), (301, 19, 65, 33, 5, torch.float32),
+         (1100, 19, 65, 200, 3, torch.float32), (301, 19, 65, 33, 5, torch.float64)]
+
+
+def _batch(b: int, d_in: int, d: int, c: int, dtype: torch.dtype, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.zeros(b, c, dtype=dtype)
+    targets[torch.arange(b), torch.randint(0, c, (b,), generator=g)] = 1
+    prior = initial_prior(d, c, seed + 1).to(dtype)
+    return dict(x=torch.randn(b, d_in, generator=g, dtype=dtype), targets=targets,
+                permutation=torch.randperm(b, generator=g), prior=prior, pinv=ops.prior_pinv(prior))
+
+
+def _rsc_step(batch: dict, h: int, native: bool, calls: list) -> tuple:
+    encoder = seeded_encoder(batch["x"].shape[1], h, batch["prior"].shape[0], 3).to(batch["x"].dtype)
+    step = EncoderStep(encoder)
+    real = step.native_rsc
+    step.native_rsc = (lambda *a: calls.append(real(*a)) or calls[-1]) if native else (lambda *a: None)
+    settings = rsc.RSCSettings(lr=1e-3, epochs=1, batch_size=batch["x"].shape[0], hidden_dim=h)
+    loss, terms = rsc.batch_gradients(encoder, step, batch["x"], batch["targets"], batch["permutation"],
+                                      batch["prior"], batch["pinv"], 0.5, settings)
+    return loss, terms, [p.grad for p in encoder.parameters()]
+
+
+@pytest.mark.parametrize("b, d_in, h, d, c, dtype", CASES)
+def test_the_rsc_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype):
+    batch = _batch(b, d_in, d, c, dtype)
+    calls = []
+    native = _rsc_step(batch, h, True, calls)
+    assert calls and calls[0] is not None, "the C++ step did not run"
+    python = _rsc_step(batch, h, False, [])
+    assert torch.equal(native[0], python[0])
+    assert all(torch.equal(a, b) for a, b in zip(native[1], python[1], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(native[2], python[2], strict=True))
+
+
+@pytest.mark.parametrize("b, d_in, h, d, c, dtype", CASES[:2])
+def test_the_spl_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype):
+    batch = _batch(b, d_in, d, c, dtype)
+    results = []
+    for native in (True, False):
+        encoder = seeded_encoder(d_in, h, d, 3).to(dtype)
+        step = EncoderStep(encoder)
+        prior = torch.nn.Parameter(batch["prior"].clone())
+        if not native:
+            step.native_spl = lambda *a: None
+        else:
+            assert step.native_spl(batch["x"], batch["targets"], prior, 0.3) is not None
+            encoder.zero_grad(set_to_none=True)
+            prior.grad = None
+        loss = spl.batch_gradients(encoder, step, batch["x"], prior, batch["targets"], 0.3, "auto")
+        results.append([loss, *(p.grad for p in (*encoder.parameters(), prior))])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_cases_the_python_step_handles_return_none():
+    """A clamp that may bind (targets so small that |r_i| |r_j| < 1e-6), narrow sparse labels (C = 40)
+    and the logits route (C >= 32, a well-conditioned prior) are the Python step's: the C++ step
+    declines them, before any gradient is written."""
+    g = torch.Generator().manual_seed(5)
+    for b, d_in, d, c, case in ((301, 19, 33, 5, "tiny"), (301, 19, 64, 40, "one-hot"), (301, 19, 64, 40, "multi-hot")):
+        batch = _batch(b, d_in, d, c, torch.float32)
+        targets = {"tiny": batch["targets"] * 1e-4, "one-hot": batch["targets"],
+                   "multi-hot": (torch.rand(b, c, generator=g) < 0.3).float().clamp_min(batch["targets"])}[case]
+        assert ops.loss_forms_gradients(b, d, targets, batch["pinv"], "auto")
+        encoder = seeded_encoder(d_in, 48, d, 3)
+        step = EncoderStep(encoder)
+        assert step.native_rsc(batch["x"], targets, batch["permutation"], batch["prior"], batch["pinv"],
+                               0.5, 0.9, (1.0, 0.1, 0.1)) is None
+        assert all(p.grad is None for p in encoder.parameters())
+
+
+def test_a_gradient_to_add_to_goes_to_the_python_step():
+    batch = _batch(301, 19, 33, 5, torch.float64)
+    encoder = seeded_encoder(19, 48, 33, 3).double()
+    encoder.head.weight.grad = torch.zeros_like(encoder.head.weight)
+    step = EncoderStep(encoder)
+    assert step.native_rsc(batch["x"], batch["targets"], batch["permutation"], batch["prior"], batch["pinv"],
+                           0.5, 0.9, (1.0, 0.1, 0.1)) is None
