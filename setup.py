@@ -63,6 +63,10 @@ if build_ext is not None:
         """Warn instead of failing when the compiler, OpenMP or torch's headers are missing: one
         extension that fails leaves the others built."""
 
+        def initialize_options(self) -> None:
+            super().initialize_options()
+            self.failed: set[str] = set()
+
         def build_extension(self, ext) -> None:
             try:
                 super().build_extension(ext)
@@ -70,7 +74,26 @@ if build_ext is not None:
                 self._remove_stale_build(ext)
                 if REQUIRED:
                     raise
+                self.failed.add(ext.name)
                 self.warn(f"{ext.name} was not built ({error}); the package runs its Python code instead")
+
+        # What is copied or installed afterwards: the extensions that built.
+        def copy_extensions_to_source(self) -> None:
+            self._without_failed(super().copy_extensions_to_source)
+
+        def get_outputs(self) -> list:
+            return self._without_failed(super().get_outputs)
+
+        def get_output_mapping(self) -> dict:
+            return self._without_failed(super().get_output_mapping)
+
+        def _without_failed(self, method):
+            every = self.extensions
+            self.extensions = [ext for ext in every if ext.name not in self.failed]
+            try:
+                return method()
+            finally:
+                self.extensions = every
 
         def _remove_stale_build(self, ext) -> None:
             """An earlier build left in place would be imported as if this one had worked."""

@@ -1,8 +1,9 @@
 """One whole RSC step on the CPU (encode, Mixup, loss, backward, Adam): reference against restructured.
 
 `torch` is the reference through autograd; `restructured-autograd` the restructured loss with
-the step through autograd; `restructured` the step the trainer runs on the CPU (the restructured
-loss, the layers' and Mixup's gradients in closed form: drcl_fast/encoder_step.py).
+the step through autograd; `restructured-python` the closed-form step in Python
+(drcl_fast/encoder_step.py); `restructured` the step the trainer runs on the CPU (that step as
+one C++ call where drcl_fast._step_cpp is built, the same bits).
 
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python -m pytest bench/bench_loss.py bench/bench_rsc_step.py \
         --benchmark-json=bench/results/loss_cpu.json           # with the loss cases: one table (bench_loss.py)
@@ -41,9 +42,11 @@ def make_step(impl: str, b: int, d_in: int, h: int, d: int, c: int):
     pinv = ops.prior_pinv(prior)
     encoder = seeded_encoder(d_in, h, d, seed=1)
     optimizer = adam(encoder.parameters(), 1e-5)
-    backend = impl.removesuffix("-autograd")
+    backend, _, variant = impl.partition("-")
     settings = RSCSettings(lr=1e-5, epochs=1, batch_size=b, hidden_dim=h, backend=backend)
-    closed_form = None if impl.endswith("-autograd") else step_for(encoder, backend, torch.device("cpu"))
+    closed_form = None if variant == "autograd" else step_for(encoder, backend, torch.device("cpu"))
+    if variant == "python":
+        closed_form.native_rsc = lambda *args: None
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -54,7 +57,7 @@ def make_step(impl: str, b: int, d_in: int, h: int, d: int, c: int):
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("impl", ["torch", "restructured-autograd", "restructured"])
+@pytest.mark.parametrize("impl", ["torch", "restructured-autograd", "restructured-python", "restructured"])
 def test_rsc_step(benchmark, impl, shape):
     b, d_in, h, d, c = SHAPES[shape]
     assert make_step(impl, *SHAPES[shape])() == pytest.approx(make_step("torch", *SHAPES[shape])(), rel=1e-5)

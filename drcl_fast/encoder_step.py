@@ -26,6 +26,7 @@ from typing import Callable, TypeVar
 import torch
 
 from drcl_fast import ops
+from drcl_fast.backends import say_once
 from drcl_fast.model import Encoder
 from drcl_fast.ops import recast, reference, restructured
 from drcl_fast.ops.pinv import pinv_core
@@ -54,7 +55,13 @@ def closed_form_applies(backend: str, device: torch.device) -> bool:
 
 def step_for(encoder: Encoder, backend: str, device: torch.device) -> "EncoderStep | None":
     """The closed-form step for `encoder` where it applies; None where the step goes through autograd."""
-    return EncoderStep(encoder) if closed_form_applies(backend, device) else None
+    if not closed_form_applies(backend, device):
+        return None
+    if not NATIVE_AVAILABLE:
+        say_once(("training step", "cpu"), "drcl_fast._step_cpp is not built: CPU training steps run in Python "
+                                           "(the same results, more slowly); pip install --no-build-isolation -e . "
+                                           "builds it (csrc/README.md)")
+    return EncoderStep(encoder)
 
 
 class EncoderStep:

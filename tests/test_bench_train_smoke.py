@@ -17,8 +17,9 @@ def test_cpu_loss_benchmarks_table_and_memory(tmp_path):
         f"--benchmark-json={report}", env={"DRCL_BENCH_SIZE": "tiny"})
     benchmarks = json.loads(report.read_text())["benchmarks"]
     cases = {(b["extra_info"]["impl"], b["group"].split()[0]) for b in benchmarks}
-    assert cases == {(impl, kind) for impl in ("torch", "restructured") for kind in ("loss", "RSC")}
-    assert len(benchmarks) == 8
+    step_impls = ("torch", "restructured-autograd", "restructured-python", "restructured")
+    assert cases == {(impl, "loss") for impl in ("torch", "restructured")} | {(impl, "RSC") for impl in step_impls}
+    assert len(benchmarks) == 2 * 2 + 2 * len(step_impls)   # two shapes each
     table = run("bench/loss_table.py", str(report), "--memory")
     assert "| loss B=64 D=256 C=200 | restructured |" in table and "speed-up" in table
     check_speed_rows(benchmarks, table)
@@ -119,3 +120,12 @@ def test_cpu_training_run_bench_smoke(units):
     out = run("bench/train_cpu.py", "wiki-sized", "--epochs", "1", "--units", units, "--label", "smoke")
     line = out.strip().splitlines()[-1]
     assert line.startswith(f"smoke wiki-sized units={units}: ") and "MAP@all" in line and "% of that floor" in line
+
+
+@pytest.mark.parametrize("phase", ["rsc", "spl"])
+def test_units_step_bench_smoke(phase):
+    out = run("bench/units_step.py", "--phase", phase, "--batch", "24", "--rows", "60", "--input", "7",
+              "--hidden", "32", "--output", "16", "--steps", "3", "--warmup", "1", "--rounds", "1")
+    rows = [line.split() for line in out.splitlines() if line.endswith(" ms a step")]
+    assert [row[0] for row in rows] == ["autograd", "python", "native"], out   # make test builds _step_cpp
+    assert all(len(row) == 6 and all(float(v) > 0 for v in row[1:3]) for row in rows), out

@@ -143,3 +143,17 @@ def test_a_short_training_run_matches_the_autograd_one(monkeypatch: pytest.Monke
     assert closed.best_epoch == reference.best_epoch
     assert torch.allclose(torch.from_numpy(closed.test_embeddings), torch.from_numpy(reference.test_embeddings),
                           atol=1e-5)
+
+
+def test_without_the_extension_the_python_step_runs_and_says_so_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from drcl_fast import backends, encoder_step
+    monkeypatch.setattr(encoder_step, "_step_cpp", None)
+    monkeypatch.setattr(encoder_step, "NATIVE_AVAILABLE", False)
+    monkeypatch.setattr(backends, "_already_said", set())
+    with pytest.warns(RuntimeWarning, match="_step_cpp is not built: CPU training steps run in Python"):
+        step = step_for(seeded_encoder(D_IN, H, D, 3), "auto", torch.device("cpu"))
+    batch = _batch(torch.float64, rows=LOSS_BY_HAND_ROWS)
+    assert step.native_rsc(batch["x"], batch["targets"], batch["permutation"], batch["prior"], batch["pinv"],
+                           0.5, 0.9, (1.0, 0.1, 0.1)) is None
+    loss_closed, closed = _rsc_grads(torch.float64, True, batch)     # the Python closed form, unchanged
+    _assert_close(closed, _rsc_grads(torch.float64, False, batch)[1], torch.float64)

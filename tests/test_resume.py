@@ -15,7 +15,7 @@ import pytest
 import scipy.io as sio
 import torch
 
-from drcl_fast import ops
+from drcl_fast import rsc
 from drcl_fast.errors import CheckpointError, NonFiniteLossError
 from drcl_fast.trainer import fit
 
@@ -72,11 +72,9 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     assert not list((out / "checkpoints").glob("*.pt"))    # removed once the run completed
 
 
-LOSS_CALLS = ("drcl_loss_terms", "drcl_loss_gradients")   # one a batch (by hand or not), one a validation
-
-
 def fit_interrupted(data, cfg, stop, monkeypatch) -> None:
-    """fit(data, cfg) with a Ctrl-C raised in the RSC loss call for which stop() is first true."""
+    """fit(data, cfg) with a Ctrl-C raised in the RSC batch step or validation for which stop() is first
+    true: one call a batch, whichever step runs it (autograd, Python or C++), and one a validation."""
     def interrupting(real):
         def interrupted(*args, **kwargs):
             if stop():
@@ -85,8 +83,8 @@ def fit_interrupted(data, cfg, stop, monkeypatch) -> None:
         return interrupted
 
     with monkeypatch.context() as patch:
-        for name in LOSS_CALLS:
-            patch.setattr(ops, name, interrupting(getattr(ops, name)))
+        for name in ("batch_gradients", "validation_loss"):
+            patch.setattr(rsc, name, interrupting(getattr(rsc, name)))
         with pytest.raises(KeyboardInterrupt):
             fit(data, cfg, progress=False)
 
@@ -118,22 +116,15 @@ def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, ti
 
 def test_non_finite_loss_stops_naming_epoch_and_term_and_keeps_the_checkpoint(mfeat, tiny_config, monkeypatch):
     cfg = tiny_config.replace(prior="w0", checkpoint_every=1, concurrent_units=1)  # the first modality first
-    real_terms, real_gradients = ops.drcl_loss_terms, ops.drcl_loss_gradients
+    real = rsc.batch_gradients
 
-    def poisoned_terms(features, targets, logits, pinv, q, backend="auto"):
-        j_l, j_d, j_mse = real_terms(features, targets, logits, pinv, q, backend)
-        if q >= 0.03 and features.requires_grad:           # the third epoch of the first modality
+    def poisoned(encoder, step, x, targets, permutation, prior, pinv, q, s):
+        loss, (j_l, j_d, j_mse) = real(encoder, step, x, targets, permutation, prior, pinv, q, s)
+        if q >= 0.03:                                      # the third epoch of the first modality
             j_d = j_d * float("nan")
-        return j_l, j_d, j_mse
+        return loss, (j_l, j_d, j_mse)
 
-    def poisoned_gradients(features, targets, logits, pinv, q, weights):   # the batches' call, by hand
-        terms, d_features, d_logits = real_gradients(features, targets, logits, pinv, q, weights)
-        if q >= 0.03:
-            terms = terms * torch.tensor([1.0, float("nan"), 1.0])
-        return terms, d_features, d_logits
-
-    monkeypatch.setattr(ops, "drcl_loss_terms", poisoned_terms)
-    monkeypatch.setattr(ops, "drcl_loss_gradients", poisoned_gradients)
+    monkeypatch.setattr(rsc, "batch_gradients", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"'fou', epoch 3: non-finite J_D at batch 1;") as err:
         fit(mfeat, cfg, progress=False)
     assert "rsc modality 0, epoch 2" in str(err.value)
