@@ -2,21 +2,22 @@
 
 Autograd records a graph of about twenty nodes for the encoder's three layers every
 step, allocates each intermediate afresh and walks the graph back; on a CPU at the
-demo's batch that bookkeeping is a tenth of a step (docs/training.md). Here the
-layers' forward runs the ops ``Encoder.forward`` runs (the same bits) and their
-backward is written out, five products and three elementwise passes; what follows
-the unit rows (Mixup, the projection, the loss, SPL's trainable prior) stays with
-autograd, on a graph of a few nodes, so every loss implementation and the dispatch
-work unchanged. ``EncoderStep.loss_and_grads`` is the whole step's gradient; autograd
-through the ``Encoder`` module is its reference twin, and ``tests/test_encoder_step.py``
+demo's batch that bookkeeping is a noticeable part of a step (docs/training.md). Here
+the layers' forward runs the ops ``Encoder.forward`` runs (the same bits) and their
+backward is written out, five products and three elementwise passes, into buffers kept
+from step to step. What follows the unit rows is the caller's tail: under autograd on
+a graph of a few nodes (``loss_and_grads``: any loss implementation), or with its
+gradient by hand (``loss_and_grads_by_hand``: SPL's GCE, and RSC's Mixup, projection
+and restructured loss, which forms its gradients in its forward anyway). Autograd
+through the ``Encoder`` module is the reference twin; ``tests/test_encoder_step.py``
 compares the two.
 
-It runs where the encoder's layers would run their PyTorch reference anyway (the CPU,
+It runs where the step's other ops would run their PyTorch reference anyway (the CPU,
 any backend but the explicit "torch"); a GPU keeps autograd, whose layers are fused
 Triton kernels there. Where the C++ extension ``drcl_fast._step_cpp`` is built
-(csrc/train_step.cpp), ``native_rsc`` and ``native_spl`` run a whole step of those ops in
-one call with the GIL released: the same bits as the Python step, without the Python
-between the ops, which units training at once in threads otherwise wait on.
+(csrc/train_step.cpp), ``native_rsc`` and ``native_spl`` run the whole by-hand step in
+one call with the GIL released: the same ops and bits as the Python step, without the
+Python between the ops, which units training at once in threads otherwise queue on.
 """
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ import torch
 from drcl_fast import ops
 from drcl_fast.encoder_step import EncoderStep, step_for
 from drcl_fast.errors import ConfigError, NonFiniteLossError
-from drcl_fast.ops.restructured import gce_value_and_grad
 from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
 from drcl_fast.model import seeded_encoder
+from drcl_fast.ops.restructured import gce_value_and_grad
 from drcl_fast.optim import adam
 from drcl_fast.progress import epoch_bar
 
@@ -71,7 +71,8 @@ def batch_gradients(encoder: torch.nn.Module, step: EncoderStep | None, x: torch
         return loss
 
     def tail_by_hand(unit: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor]:
-        loss, d_logits = gce_value_and_grad(unit @ prior, targets, q)   # GCE's reference where step is
+        # GCE in closed form: where a step exists, the gce_loss op runs its reference (closed_form_applies).
+        loss, d_logits = gce_value_and_grad(unit @ prior, targets, q)
         d_prior = unit.t() @ d_logits
         if prior.grad is None:
             prior.grad = d_prior

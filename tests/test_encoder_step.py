@@ -18,13 +18,18 @@ LOSS_BY_HAND_ROWS = 301
 TOLERANCE = {torch.float32: 2e-6, torch.float64: 1e-13}
 
 
-def _batch(dtype: torch.dtype, seed: int = 0, rows: int = B) -> dict:
+def step_batch(rows: int, d_in: int, d: int, c: int, dtype: torch.dtype, seed: int = 0) -> dict:
+    """One step's inputs: features, one-hot targets, a Mixup permutation, a prior and its pseudo-inverse."""
     g = torch.Generator().manual_seed(seed)
-    targets = torch.zeros(rows, C, dtype=dtype)
-    targets[torch.arange(rows), torch.randint(0, C, (rows,), generator=g)] = 1
-    prior = initial_prior(D, C, seed + 1).to(dtype)
-    return dict(x=torch.randn(rows, D_IN, generator=g, dtype=dtype), targets=targets,
+    targets = torch.zeros(rows, c, dtype=dtype)
+    targets[torch.arange(rows), torch.randint(0, c, (rows,), generator=g)] = 1
+    prior = initial_prior(d, c, seed + 1).to(dtype)
+    return dict(x=torch.randn(rows, d_in, generator=g, dtype=dtype), targets=targets,
                 permutation=torch.randperm(rows, generator=g), prior=prior, pinv=ops.prior_pinv(prior))
+
+
+def _batch(dtype: torch.dtype, seed: int = 0, rows: int = B) -> dict:
+    return step_batch(rows, D_IN, D, C, dtype, seed)
 
 
 def _rsc_grads(dtype: torch.dtype, closed: bool, batch: dict) -> tuple[float, list[torch.Tensor]]:

@@ -7,7 +7,7 @@ import torch
 from drcl_fast import encoder_step, ops, rsc, spl
 from drcl_fast.encoder_step import EncoderStep
 from drcl_fast.model import seeded_encoder
-from drcl_fast.spl import initial_prior
+from tests.test_encoder_step import step_batch
 
 pytestmark = pytest.mark.skipif(not encoder_step.NATIVE_AVAILABLE, reason="drcl_fast._step_cpp is not built "
                                 "(make test requires it: tests/conftest.py)")
@@ -16,15 +16,6 @@ pytestmark = pytest.mark.skipif(not encoder_step.NATIVE_AVAILABLE, reason="drcl_
 # dense one (C = 3); two row panels with a split diagonal block (B > PANEL_ROWS); float64.
 CASES = [(140, 216, 1024, 512, 10, torch.float32), (301, 19, 65, 33, 5, torch.float32),
          (1100, 19, 65, 200, 3, torch.float32), (301, 19, 65, 33, 5, torch.float64)]
-
-
-def _batch(b: int, d_in: int, d: int, c: int, dtype: torch.dtype, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    targets = torch.zeros(b, c, dtype=dtype)
-    targets[torch.arange(b), torch.randint(0, c, (b,), generator=g)] = 1
-    prior = initial_prior(d, c, seed + 1).to(dtype)
-    return dict(x=torch.randn(b, d_in, generator=g, dtype=dtype), targets=targets,
-                permutation=torch.randperm(b, generator=g), prior=prior, pinv=ops.prior_pinv(prior))
 
 
 def _rsc_step(batch: dict, h: int, native: bool, calls: list) -> tuple:
@@ -40,7 +31,7 @@ def _rsc_step(batch: dict, h: int, native: bool, calls: list) -> tuple:
 
 @pytest.mark.parametrize("b, d_in, h, d, c, dtype", CASES)
 def test_the_rsc_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype):
-    batch = _batch(b, d_in, d, c, dtype)
+    batch = step_batch(b, d_in, d, c, dtype)
     calls = []
     native = _rsc_step(batch, h, True, calls)
     assert calls and calls[0] is not None, "the C++ step did not run"
@@ -52,7 +43,7 @@ def test_the_rsc_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype):
 
 @pytest.mark.parametrize("b, d_in, h, d, c, dtype", CASES[:2])
 def test_the_spl_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype):
-    batch = _batch(b, d_in, d, c, dtype)
+    batch = step_batch(b, d_in, d, c, dtype)
     results = []
     for native in (True, False):
         encoder = seeded_encoder(d_in, h, d, 3).to(dtype)
@@ -75,7 +66,7 @@ def test_cases_the_python_step_handles_return_none():
     declines them, before any gradient is written."""
     g = torch.Generator().manual_seed(5)
     for b, d_in, d, c, case in ((301, 19, 33, 5, "tiny"), (301, 19, 64, 40, "one-hot"), (301, 19, 64, 40, "multi-hot")):
-        batch = _batch(b, d_in, d, c, torch.float32)
+        batch = step_batch(b, d_in, d, c, torch.float32)
         targets = {"tiny": batch["targets"] * 1e-4, "one-hot": batch["targets"],
                    "multi-hot": (torch.rand(b, c, generator=g) < 0.3).float().clamp_min(batch["targets"])}[case]
         assert ops.loss_forms_gradients(b, d, targets, batch["pinv"], "auto")
@@ -87,7 +78,7 @@ def test_cases_the_python_step_handles_return_none():
 
 
 def test_a_gradient_to_add_to_goes_to_the_python_step():
-    batch = _batch(301, 19, 33, 5, torch.float64)
+    batch = step_batch(301, 19, 33, 5, torch.float64)
     encoder = seeded_encoder(19, 48, 33, 3).double()
     encoder.head.weight.grad = torch.zeros_like(encoder.head.weight)
     step = EncoderStep(encoder)

@@ -37,8 +37,9 @@ try:
 except ImportError:   # no Triton: "auto" falls back, and says so once
     _triton_loss = _TritonGCE = _triton_linear_relu = _TritonMixupProject = None
 
-__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "drcl_loss_gradients", "loss_forms_gradients", "linear_relu", "mixup_project", "prior_pinv",
-           "feature_mixup", "mix_rows", "gce_q", "check_backend", "step_ops_run_reference"]
+__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "drcl_loss_gradients", "loss_forms_gradients", "linear_relu",
+           "mixup_project", "prior_pinv", "feature_mixup", "mix_rows", "gce_q", "check_backend",
+           "step_ops_run_reference"]
 
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
