@@ -12,11 +12,12 @@ DEMO_OUT ?= runs/demo
 install: $(STAMP)
 
 # setup.py compiles csrc/ (the C++ MAP ranking, and the CPU training step against the torch
-# just installed, hence no build isolation) into the package: rebuild when it changes.
+# just installed, hence no build isolation; numpy first, which torch's import looks for) into
+# the package: rebuild when it changes.
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_PIN)" "setuptools>=68" "pybind11>=2.10"
+	$(BIN)/pip install --quiet "$(TORCH_PIN)" numpy "setuptools>=68" "pybind11>=2.10"
 	$(BIN)/pip install --quiet --no-build-isolation -e ".[test]"
 	touch $@
 
