@@ -57,11 +57,21 @@ void panel_gram(Tensor out, const Tensor& a, const Tensor& f_j, const Tensor& f_
   out.slice(0, 0, half).slice(1, half).copy_(out.slice(0, half, f_i.size(0)).slice(1, 0, half).t());
 }
 
+// restructured.gce_value_and_grad: {the mean GCE, its gradient for the logits}.
+std::pair<Tensor, Tensor> gce_value_and_grad(const Tensor& logits, const Tensor& targets, double q) {
+  Tensor probs = at::softmax(logits, 1);
+  Tensor s = (targets * probs).sum(1);
+  Tensor row_loss = q == 0.0 ? at::neg(at::log(s)) : at::rsub(s.pow(q), 1.0) / q;
+  Tensor ds = at::neg(s.pow(q - 1.0)) / logits.size(0);
+  Tensor d_logits = probs.mul_(targets - s.unsqueeze(1)).mul_(ds.unsqueeze(1));
+  return {row_loss.mean(), d_logits};
+}
+
 // restructured.RestructuredEngine.forward(need_grad=True) for dense labels and P by the product,
 // then kernels/fused_loss.combine with `weights`: {terms, dJ/dfeatures, dJ/dlogits}, or {}.
 std::vector<Tensor> loss_gradients(const Tensor& features, const Tensor& targets, const Tensor& logits,
                                    const Tensor& pinv, const Tensor& gram, double condition, double q,
-                                   const Tensor& weights, const LossLimits& lim) {
+                                   const std::vector<double>& weights, const LossLimits& lim) {
   const int64_t b = features.size(0), c = targets.size(1);
   // recast.sparse_rows: the most nonzeros of a row
   const int64_t nonzeros = targets.numel() ? (targets != 0).sum(1).max().item<int64_t>() : 0;
@@ -131,15 +141,10 @@ std::vector<Tensor> loss_gradients(const Tensor& features, const Tensor& targets
   Tensor d_mse = at::addmm_out(f_hat, features, labels, pinv, -mse_scale, mse_scale);
   Tensor j_mse = sum_of_squares(d_mse, lim.sum_chunk) / (mse_scale * mse_scale * static_cast<double>(features.numel()));
 
-  // restructured.gce_value_and_grad
-  Tensor probs = at::softmax(logits, 1);
-  Tensor s = (targets * probs).sum(1);
-  Tensor row_loss = q == 0.0 ? at::neg(at::log(s)) : at::rsub(s.pow(q), 1.0) / q;
-  Tensor ds = at::neg(s.pow(q - 1.0)) / b;
-  Tensor d_logits = probs.mul_(targets - s.unsqueeze(1)).mul_(ds.unsqueeze(1));
-
-  Tensor terms = at::stack({row_loss.mean(), j_d, j_mse});
-  Tensor w = weights.to(terms.scalar_type());
+  auto [j_l, d_logits] = gce_value_and_grad(logits, targets, q);
+  Tensor terms = at::stack({j_l, j_d, j_mse});
+  // kernels/fused_loss.combine, the weights rounded to the terms' dtype as torch.tensor(weights, dtype) rounds them
+  Tensor w = at::tensor(weights, terms.options().dtype(at::kDouble)).to(terms.scalar_type());
   Tensor d_features = (grad * w[1]).addcmul_(d_mse, w[2]);
   return {terms, d_features, d_logits * w[0]};
 }
@@ -176,8 +181,7 @@ void encoder_backward(const Tensor& x, const std::vector<Tensor>& layers, const 
 // rsc.batch_gradients with the loss's gradients by hand: {loss, terms}, or {} where the Python step must run.
 std::vector<Tensor> rsc_step(const Tensor& x, const Tensor& targets, const Tensor& permutation, double gamma,
                              const Tensor& prior, const Tensor& pinv, const Tensor& gram, double condition, double q,
-                             double eta, double alpha, double beta, const Tensor& weights,
-                             const std::vector<Tensor>& layers, const std::vector<Tensor>& buffers,
+                             double eta, double alpha, double beta, const std::vector<Tensor>& layers, const std::vector<Tensor>& buffers,
                              const std::vector<Tensor>& grads, const std::vector<int64_t>& ints,
                              const std::vector<double>& doubles) {
   pybind11::gil_scoped_release no_gil;
@@ -186,7 +190,8 @@ std::vector<Tensor> rsc_step(const Tensor& x, const Tensor& targets, const Tenso
   auto [norms, unit] = encoder_forward(x, layers, buffers);
   Tensor mixed_f = unit.mul(gamma) + at::index_select(unit, 0, permutation).mul(1.0 - gamma);
   Tensor mixed_t = targets.mul(gamma) + at::index_select(targets, 0, permutation).mul(1.0 - gamma);
-  auto found = loss_gradients(mixed_f, mixed_t, at::mm(mixed_f, prior), pinv, gram, condition, q, weights, lim);
+  auto found = loss_gradients(mixed_f, mixed_t, at::mm(mixed_f, prior), pinv, gram, condition, q, {eta, alpha, beta},
+                              lim);
   if (found.empty()) return {};
   Tensor terms = found[0], d_mixed = found[1];
   d_mixed.addmm_(found[2], prior.t());
@@ -203,14 +208,10 @@ std::vector<Tensor> spl_step(const Tensor& x, const Tensor& targets, const Tenso
   pybind11::gil_scoped_release no_gil;
   at::NoGradGuard no_grad;
   auto [norms, unit] = encoder_forward(x, layers, buffers);
-  Tensor probs = at::softmax(at::mm(unit, prior), 1);
-  Tensor s = (targets * probs).sum(1);
-  Tensor row_loss = q == 0.0 ? at::neg(at::log(s)) : at::rsub(s.pow(q), 1.0) / q;
-  Tensor ds = at::neg(s.pow(q - 1.0)) / x.size(0);
-  Tensor d_logits = probs.mul_(targets - s.unsqueeze(1)).mul_(ds.unsqueeze(1));
+  auto [loss, d_logits] = gce_value_and_grad(at::mm(unit, prior), targets, q);
   at::mm_out(prior_grad, unit.t(), d_logits);
   encoder_backward(x, layers, buffers, grads, norms, unit, at::mm(d_logits, prior.t()));
-  return {row_loss.mean()};
+  return {loss};
 }
 
 }  // namespace

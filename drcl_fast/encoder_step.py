@@ -97,8 +97,7 @@ class EncoderStep:
     def loss_and_grads_by_hand(self, x: torch.Tensor, tail: TailByHand) -> tuple[torch.Tensor, Aux]:
         """As ``loss_and_grads``, for a `tail` that forms its own gradients: it maps the unit rows to
         (loss, aux, dloss/dF(x)), with no autograd, and fills in the gradients of parameters of its own."""
-        if x.shape[0] != self._rows:
-            self._allocate(x.shape[0])
+        self._buffers_for(x.shape[0])
         with torch.no_grad():
             norms, unit = self._forward(x)
             loss, aux, d_unit = tail(unit)
@@ -114,7 +113,7 @@ class EncoderStep:
             return None
         core = pinv_core(pinv)
         found = _step_cpp.rsc_step(x, targets, permutation, gamma, prior, pinv, core.gram, core.condition, q,
-                                   *weights, torch.tensor(weights, dtype=x.dtype), list(self._layers),
+                                   *weights, list(self._layers),
                                    self._buffers, list(self._grads), _LOSS_INTS, _LOSS_DOUBLES)
         if not found:
             return None
@@ -135,18 +134,21 @@ class EncoderStep:
         return loss
 
     def _native_ready(self, x: torch.Tensor) -> bool:
-        """The extension is there, and no gradient waits to be added to (it writes them, it does not add)."""
+        """The extension is there, and no gradient waits to be added to (it writes them, it does not add);
+        then the buffers are there for x's rows."""
         if _step_cpp is None or any(p.grad is not None for p in self._layers):
             return False
-        if x.shape[0] != self._rows:
-            self._allocate(x.shape[0])
+        self._buffers_for(x.shape[0])
         return True
 
     def _set_grads(self) -> None:
         for param, grad in zip(self._layers, self._grads):
             param.grad = grad
 
-    def _allocate(self, rows: int) -> None:
+    def _buffers_for(self, rows: int) -> None:
+        """The activation buffers for batches of `rows` rows (new ones when the batch size changes)."""
+        if rows == self._rows:
+            return
         w1, _, _, _, w3 = self._layers
         hidden, output = w1.shape[0], w3.shape[0]
         self._h1, self._h2, self._d_h = (w1.new_empty(rows, hidden) for _ in range(3))
