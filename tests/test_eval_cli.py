@@ -186,3 +186,20 @@ def test_bfloat16_pt_file_is_read_exactly(tmp_path):
     features, labels = load_embeddings(tmp_path / "x.pt")
     assert features.dtype == np.float32 and torch.equal(torch.from_numpy(features), x.float())
     assert labels.tolist() == list(range(5))
+
+
+def test_eval_of_a_runs_files_reproduces_its_metrics_bit_for_bit(mfeat, tiny_config, tmp_path):
+    """The run scores the embeddings it writes; `drcl-fast eval` and the Python API on those files give
+    its metrics.json exactly (the .mat files load column-major, which once rounded the scores apart)."""
+    from drcl_fast import DRCL
+    config = tiny_config.replace(hidden_shape=256, output_shape=128, epochs=6)
+    model = DRCL(config).fit(mfeat)
+    run = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert main(["eval", "--features_dir", str(tmp_path / "out" / "features"), "--datasets", "mfeat",
+                 "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == run
+    files = [load_embeddings(tmp_path / "out" / "features" / f"mfeat_{k}.mat") for k in range(6)]
+    for k, (features, _) in enumerate(files):
+        assert np.array_equal(features, model.result.rsc[k].test_embeddings)
+    again = evaluate_directions([torch.as_tensor(x) for x, _ in files], [y for _, y in files], mfeat.modalities)
+    assert again.directions == run["map_all"]["directions"] and again.mean == run["map_all"]["mean"]

@@ -11,8 +11,9 @@ import torch
 from drcl_fast.backends import BackendError
 from drcl_fast.retrieval import (DirectionResult, evaluate_directions, evaluate_map, format_table,
                                  metrics_dict, result_line)
-from drcl_fast.retrieval.reference import (DEFAULT_MAX_MEMORY, auto_chunk_size, average_precisions, chunk_scores,
-                                           average_precisions_from_scores)
+from drcl_fast.retrieval.reference import (DEFAULT_MAX_MEMORY, auto_chunk_size, average_precisions,
+                                           average_precisions_from_scores, check_inputs, chunk_scores,
+                                           unit_rows)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -206,6 +207,26 @@ def test_float32_scores_do_not_depend_on_the_chunking(dim):
         assert torch.equal(chunked, whole), step
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_column_major_embeddings_score_as_row_major_ones(backend):
+    """scipy's loadmat returns column-major arrays: the evaluator must rank the same bits as for the row-major
+    embeddings a run holds in memory (the rows' norms, summed along strided memory, once rounded apart)."""
+    generator = torch.Generator().manual_seed(5)
+    # Near-duplicates of a few centres: near-ties that a last-bit difference in a score reorders.
+    centres = torch.nn.functional.normalize(torch.randn(8, 512, generator=generator), dim=1)
+    x = centres[torch.randint(0, 8, (600,), generator=generator)] + 2e-7 * torch.randn(600, 512, generator=generator)
+    y = torch.randint(0, 4, (600,), generator=generator).numpy()
+    rows = x.numpy()
+    columns = np.asfortranarray(rows)
+    q, _, g, _ = check_inputs(columns[:300], y[:300], columns[300:], y[300:])
+    assert q.is_contiguous() and g.is_contiguous()
+    for unit, expected in zip(unit_rows(q, g), unit_rows(torch.from_numpy(rows[:300]), torch.from_numpy(rows[300:]))):
+        assert torch.equal(unit, expected)
+    for k in (None, 50):
+        assert evaluate_map(columns[:300], y[:300], columns[300:], y[300:], k=k, backend=backend) == \
+            evaluate_map(rows[:300], y[:300], rows[300:], y[300:], k=k, backend=backend)
+
+
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_chunking_is_exact_on_real_valued_scores(multilabel):
     rng = np.random.default_rng(5)
@@ -284,7 +305,8 @@ def test_evaluate_directions_matches_pairs():
         assert result.mean == pytest.approx(np.nanmean(result.matrix), abs=1e-15)
 
 
-def test_progress_bar(capsys):
+def test_progress_bar(capsys, monkeypatch):
+    monkeypatch.setattr("drcl_fast.progress.on_terminal", lambda stream=None: True)   # bars on a terminal only
     rng = np.random.default_rng(9)
     embeddings, labels, names = three_modalities(rng)
     evaluate_directions(embeddings, labels, names, progress=True)

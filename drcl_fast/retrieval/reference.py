@@ -51,7 +51,10 @@ def _check_features(x: torch.Tensor, name: str) -> torch.Tensor:
         raise DataError(f"{name} has NaN or infinite values in {bad} of its {x.shape[0]} rows; "
                         f"fix or drop those embeddings before evaluating")
     # Low precision would create spurious ties; float64 is kept for users who ask for it.
-    return x if x.dtype == torch.float64 else x.float()
+    x = x if x.dtype == torch.float64 else x.float()
+    # Row-major whatever the source: BLAS sums a column-major operand (what scipy's loadmat returns, a
+    # transposed view) in another order, so the same embeddings would score, and tie, differently.
+    return x.contiguous()
 
 
 def _check_labels(y: torch.Tensor, name: str, rows: int, features_name: str) -> torch.Tensor:
