@@ -1,6 +1,6 @@
 """GPU suite section: the whole DRCL pipeline, reference trainer against the fast one.
 
-The Wikipedia-shaped run of DESIGN.md section 6 on synthetic data of its sizes (2,173 /
+The Wikipedia-shaped run of docs/design.md section 6 on synthetic data of its sizes (2,173 /
 231 / 462 rows; two views of widths 4,096 and 300; 10 classes; the `wiki` preset: H 4,096,
 D 2,048, batch 1,024, 200 epochs; RSC rates 1e-4), SPL then RSC on both views, then evaluation, end to
 end and per phase, with the MAP@all of each run:

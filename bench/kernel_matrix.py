@@ -315,7 +315,7 @@ def capturing(rec: Recorder) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------
-# Scenarios: the launchers at the design's shapes.
+# Scenarios: the launchers at the shapes of docs/design.md section 6.
 
 PROD_RSC = {"B": 1024, "d_in": 4096, "H": 4096, "D": 2048, "C": (10, 80, 200)}
 # Test shapes, sampled from tests/test_kernels_forward.py and tests/test_kernels_loss.py:

@@ -1,7 +1,7 @@
 // Exact ranking of cosine-score rows for MAP@k, MAP@all and precision-recall.
 //
 // Each query's row is ranked by (score descending, gallery index ascending),
-// the rule of DESIGN.md section 2, and walked once. Two exact rankings:
+// the rule of docs/design.md section 2, and walked once. Two exact rankings:
 // - MAP@all (and any k that is a large part of the gallery): an LSD radix sort
 //   of order-preserving integer keys of the scores. Passes are stable and items
 //   enter in index order, so equal scores stay in index order. No comparisons,

@@ -3,7 +3,7 @@
 Both fast loss engines (Triton tiles in ``drcl_loss.py``, PyTorch row panels in
 ``drcl_fast.ops.restructured``) compute (J_L, J_D, J_MSE) *and* their gradients
 in one forward pass, never holding a B x B matrix, from the same C-space pieces
-(DESIGN.md section 4):
+(docs/design.md, section 4):
 
 - ``P = F~ L^T`` (B x C), so ``r_i . f~_j = y~_i . P_j`` (the cross Gram is B x C x B);
 - ``YK = y~ (L L^T)`` (B x C), so ``r_i . r_j = YK_i . y~_j`` and ``|r_i|^2 = YK_i . y~_i``;

@@ -1,6 +1,6 @@
 """Shared by the kernel tests: the tolerance rule, the device, fresh inputs.
 
-Tolerance rule (DESIGN.md section 7, flash-attention's): against a float64
+Tolerance rule (docs/design.md section 7, flash-attention's): against a float64
 reference, a fast path's relative error ||out - ref|| / ||ref|| may be at most
 twice PyTorch's own float32 error on the same inputs, plus two float32 epsilons:
 on a scalar such as J_D, PyTorch's error is sometimes far below one rounding by

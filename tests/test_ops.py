@@ -1,4 +1,4 @@
-"""Each loss term against a direct transcription of its formula (DESIGN.md section 1)."""
+"""Each loss term against a direct transcription of its formula (docs/design.md section 1)."""
 from __future__ import annotations
 
 import math
@@ -72,7 +72,7 @@ def test_cos2_matches_formula_including_the_clamp():
 
 
 def loss_terms_by_hand(f, y, pinv):
-    """J_D and J_MSE by explicit loops over pairs, from DESIGN.md's table."""
+    """J_D and J_MSE by explicit loops over pairs, from the RSC table of docs/design.md section 1."""
     b, d = len(f), len(f[0])
     r = [[sum(y[i][c] * pinv[c][k] for c in range(len(y[0]))) for k in range(d)] for i in range(b)]
     within = sum((cos2_by_hand(r[i], r[j]) - cos2_by_hand(f[i], f[j])) ** 2

@@ -1,4 +1,4 @@
-"""The DRCL objective written to read like DESIGN.md section 1.
+"""The DRCL objective written to read like docs/design.md section 1.
 
 This is the specification in code: every fast implementation of these ops has
 the same signature and is tested against the functions here.

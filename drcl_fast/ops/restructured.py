@@ -1,6 +1,6 @@
 """The CPU fast path of the RSC loss: C-space algebra and symmetric row panels in PyTorch.
 
-Same terms as ``reference.drcl_loss_terms``, from far less work (DESIGN.md section 4;
+Same terms as ``reference.drcl_loss_terms``, from far less work (docs/design.md section 4;
 docs/kernels.md has the measurements):
 
 - with hats for unit rows, ``cos2(a_i, b_j) = 2 a^_i . b^_j`` when the clamp
