@@ -12,7 +12,18 @@ import importlib.util
 import sys
 from pathlib import Path
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """pyproject.toml's version: the installed distribution's metadata, else the source tree's file."""
+    from importlib import metadata
+    try:
+        return metadata.version("drcl_fast")
+    except metadata.PackageNotFoundError:
+        pass
+    import re
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M) if pyproject.is_file() else None
+    return found.group(1) if found else "unknown"
 
 
 class _SourceTreeKernels(importlib.abc.MetaPathFinder):
@@ -57,6 +68,8 @@ __all__ = sorted(_PUBLIC) + ["ops"]
 
 
 def __getattr__(name: str):
+    if name == "__version__":      # computed on use: importlib.metadata is not free to import
+        return _version()
     if name == "ops":
         return importlib.import_module("drcl_fast.ops")
     if name in _PUBLIC:

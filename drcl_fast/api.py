@@ -42,7 +42,7 @@ class DRCL:
             name = overrides.pop("datasets", data if isinstance(data, str) else data.name)
             self.config = DRCLConfig.preset(name, **overrides)
         if isinstance(data, str):
-            data = load_dataset(data, self.config.data_root, self.config.data_path)
+            data = load_dataset(data, self.config.data_root, self.config.data_path, path_option="data_path=FILE")
         self.result = fit(data, self.config, progress=not self.config.quiet if progress is None else progress)
         self._encoders = {k: encoder_from_state(rsc.encoder_state).eval() for k, rsc in self.result.rsc.items()}
         return self

@@ -33,7 +33,8 @@ class Solver:
         merged.update({k: v for k, v in vars(config).items() if v is not None or k not in merged})
         self.config = config_from_flags(argparse.Namespace(**merged))
         self.logger = logger or logging.getLogger("drcl_fast")
-        self.data = load_dataset(self.config.datasets, self.config.data_root, self.config.data_path)
+        self.data = load_dataset(self.config.datasets, self.config.data_root, self.config.data_path,
+                                 path_option="--data_path FILE")   # the namespace holds the command line's flags
         self.n_view = self.data.num_modalities
         self.result: FitResult | None = None
 

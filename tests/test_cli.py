@@ -218,3 +218,63 @@ def test_generic_multilabel_container_trains_end_to_end(tmp_path, capsys):
     assert set(metrics["map_all"]["directions"]) == {"img->txt", "txt->img"}
     assert metrics["map_all"]["mean"] > 0.6          # random multi-label ranking here is about 0.45
     assert sio.loadmat(tmp_path / "run" / "features" / "toy_0.mat")["test_lab"].shape == (80, 5)
+
+
+def test_version_is_pyprojects(capsys):
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    version = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.M).group(1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"drcl-fast {version}\n"
+    import drcl_fast
+    assert drcl_fast.__version__ == version
+    run = subprocess.run([sys.executable, "-m", "drcl_fast", "--version"], capture_output=True, text=True)
+    assert (run.returncode, run.stdout) == (0, f"drcl-fast {version}\n"), run.stderr
+
+
+@pytest.mark.parametrize("argv, near", [
+    (["train", "--epocs", "3"], "--epochs"),
+    (["train", *TINY, "--epocs=3"], "--epochs"),
+    (["train", "--data-rot", "x"], "--data-root"),          # a dashed alias is matched as one
+    (["train", "--lr_spl", "1e-3"], "--lr_SPL"),            # case aside
+    (["eval", "--feature_dir", "x"], "--features_dir"),
+    (["sweep", "--alpah", "0", "1"], "--alpha"),
+    (["ablate", "--sedes", "1", "2"], "--seeds"),
+])
+def test_misspelt_flag_is_answered_by_its_command_with_the_closest_flag(capsys, argv, near):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    command = argv[0]
+    assert err.startswith(f"usage: drcl-fast {command} "), err          # the command's usage, not the top one
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"drcl-fast {command}: error: unrecognized argument") and last.endswith(
+        f"; did you mean {near}?"), last
+
+
+def test_unknown_flag_far_from_every_flag_gets_no_guess(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--zzzzzz", "--epocs", "2"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "drcl-fast train: error: unrecognized arguments: --zzzzzz --epocs 2; did you mean --epochs?"
+
+
+def test_unknown_dataset_names_the_option_of_its_caller(tmp_path, capsys):
+    """The command line's spelling on the command line (--data_path), Python's in Python (path=, data_path=)."""
+    from drcl_fast import DRCL, load_dataset
+    from drcl_fast.data import DataError
+    for command, more in (("train", []), ("sweep", ["--alpha", "0", "1"]), ("ablate", [])):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--datasets", "mnist", *more, "--out", str(tmp_path / command), "--quiet"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"drcl-fast {command}: error: unknown dataset 'mnist'"), err
+        assert "pass --data_path FILE" in err and "path=" not in err
+    with pytest.raises(DataError) as python_error:
+        load_dataset("mnist")
+    assert "pass path=FILE" in str(python_error.value) and "--data_path" not in str(python_error.value)
+    with pytest.raises(DataError, match="pass data_path=FILE"):
+        DRCL(out=str(tmp_path / "api")).fit("mnist")

@@ -48,7 +48,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     with distributed.process_group():
         base, seeds = ablate_settings(args)
         setup_run_logging(Path(base.out) / ABLATE, base.datasets, base.quiet, distributed.rank())
-        data = load_dataset(base.datasets, base.data_root, base.data_path)
+        data = load_dataset(base.datasets, base.data_root, base.data_path, path_option="--data_path FILE")
         result = ablate(base, data, seeds)
         if distributed.is_main() and not base.quiet:
             print(result.summary)

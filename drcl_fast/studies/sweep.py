@@ -52,7 +52,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         setup_run_logging(Path(base.out) / (PRIORS if each else SWEEP), base.datasets, base.quiet,
                           distributed.rank())
         plots.require_matplotlib()
-        data = load_dataset(base.datasets, base.data_root, base.data_path)
+        data = load_dataset(base.datasets, base.data_root, base.data_path, path_option="--data_path FILE")
         result = compare_priors(base, data) if each else sweep_grid(base, data, alphas, betas)
         if distributed.is_main() and not base.quiet:
             print(result.summary)
