@@ -11,8 +11,9 @@ FILE_ONLY = ("drcl_fast.epochs", "drcl_fast.results")
 
 
 class _FileOnly(logging.Filter):
-    """Per-epoch lines go to the log file only (the progress bar stands for them on the
-    console), and so do result lines, which the Solver prints itself."""
+    """Per-epoch lines go to the log file only (on the console a unit's progress bar stands for
+    them on a terminal, its start and end lines elsewhere: progress.py), and so do result lines,
+    which the Solver prints itself."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.name.startswith(FILE_ONLY)
@@ -43,3 +44,29 @@ def setup_run_logging(out: str | Path, dataset: str, quiet: bool, rank: int = 0)
     logger.addHandler(console)
     logger.propagate = False
     return logger
+
+
+def output_lines(out: str | Path, dataset: str, result) -> list[str]:
+    """Where a finished train run's outputs went, a line each, under `out` (the --out prefix).
+
+    `result` is the run's trainer.FitResult: only what this run wrote is listed (a --view_id run
+    writes its modality's features, a run given its prior no PriorW/)."""
+    from drcl_fast import outputs   # here: runlog is imported before the rest of the package is needed
+
+    out = Path(out)
+    rows = []
+    if result.prior_source.startswith("spl"):
+        rows.append((out / "PriorW", f"the prior W and each modality's W_k ({len(result.spl) + 1} files, read back "
+                                     f"with --wselect False or --prior)"))
+    if result.rsc:
+        count = len(result.rsc)
+        rows.append((out / "features", f"test embeddings, labels and class probabilities ({count} "
+                                       f"{'modality' if count == 1 else 'modalities'}; drcl-fast eval reads them)"))
+    rows.append((out / "logging" / f"{dataset}.log", "the arguments, every epoch's losses and the result lines"))
+    if result.metrics:
+        rows.append((outputs.metrics_path(out), "MAP@all and MAP@50 of every direction"))
+    if result.lr_search:
+        rows.append((outputs.lr_search_path(out), "what --lr auto tried and chose, per modality"))
+    names = [f"{path}{'/' if path.suffix == '' else ''}" for path, _ in rows]
+    width = max(len(name) for name in names)
+    return ["outputs:"] + [f"  {name:<{width}}  {what}" for name, (_, what) in zip(names, rows)]

@@ -5,7 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from drcl_fast.config import DRCLConfig
-from drcl_fast.floor import matrix_rate
+from drcl_fast.floor import Floor, matrix_rate
 from drcl_fast import trainer
 from drcl_fast.trainer import fit
 
@@ -42,9 +42,25 @@ def test_the_counted_products_are_most_of_the_runs_and_never_more(mfeat, tmp_pat
         result = fit(mfeat, cfg, progress=False)
     assert 0.85 * products.flops <= result.train_flops <= products.flops, (result.train_flops, products.flops)
     assert result.floor is not None and result.floor.flops == result.train_flops
-    assert result.floor.floor_seconds == result.train_flops / 1e11 and "% of that floor" in result.floor.line()
+    assert result.floor.floor_seconds == result.train_flops / 1e11 and result.floor.device == "cpu"
+    assert "% of this CPU's measured matrix-product speed" in result.floor.line()
 
 
 def test_matrix_rate_is_a_measured_positive_rate():
     rate = matrix_rate(64, 16, torch.device("cpu"), seconds=0.01)
     assert 1e6 < rate < 1e15
+
+
+def test_the_line_speaks_plainly_first_then_gives_the_arithmetic():
+    """A newcomer reads the time and the fraction first; the TFLOP arithmetic follows in brackets."""
+    cpu = Floor(flops=7_950_000_000_000, rate=120e9, seconds=96.1)
+    assert cpu.line() == ("training took 96 s, 69 % of this CPU's measured matrix-product speed (its encoder "
+                          "products, 7.95 TFLOP, need 66.2 s at the measured 120 GFLOP/s)")
+    gpu = Floor(flops=7_950_000_000_000, rate=30e12, seconds=0.9, device="cuda")
+    assert gpu.line() == ("training took 0.9 s, 29 % of this GPU's measured matrix-product speed (its encoder "
+                          "products, 7.95 TFLOP, need 0.3 s at the measured 30 TFLOP/s)")
+    tiny = Floor(flops=2_100_000_000, rate=5e9, seconds=4.63)
+    assert tiny.line().startswith("training took 4.6 s, 9 % of this CPU's")
+    assert "(its encoder products, 2.1 GFLOP, need 0.4 s at the measured 5 GFLOP/s)" in tiny.line()
+    rounded = Floor(999_600_000, 1e9, 2.0).line()   # 999.6 MFLOP shows as 1 GFLOP, not 1e+03 MFLOP
+    assert "(its encoder products, 1 GFLOP, need 1.0 s at the measured 1 GFLOP/s)" in rounded

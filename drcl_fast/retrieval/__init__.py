@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from drcl_fast import progress as progress_bars
 from drcl_fast.errors import ConfigError, DRCLError
 from drcl_fast.retrieval import dispatch, reference
 from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
@@ -72,7 +72,7 @@ def evaluate_directions(embeddings: Sequence[Any], labels: Sequence[Any], names:
     pairs = [(i, j) for i in range(count) for j in range(count) if i != j]
     matrix = np.full((count, count), np.nan)
     directions = {}
-    for i, j in tqdm(pairs, desc=f"MAP@{k or 'all'}", disable=not progress):
+    for i, j in progress_bars.item_bar(pairs, f"MAP@{k or 'all'}", progress):
         direction = f"{names[i]}->{names[j]}"
         part = shard_slice(len(embeddings[j]), group) if shard_gallery and group is not None else slice(None)
         try:

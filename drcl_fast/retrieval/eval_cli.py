@@ -232,7 +232,7 @@ def _run_eval(args: argparse.Namespace, group: str | None) -> int:
                                                               backend=args.backend)
                   for i in range(len(names)) for j in range(len(names)) if i != j}
         save_curves_csv(plot.with_suffix(".csv"), curves)
-        plot_curves(plot, curves, title=dataset or "")
+        plot_curves(plot, curves, title=dataset or "", modalities=names)
         if not args.quiet:
             print(f"precision-recall curves written to {plot} and {plot.with_suffix('.csv')}")
     return 0

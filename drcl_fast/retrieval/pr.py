@@ -9,9 +9,10 @@ counts the relevant items at the cutoffs; the curve is the same from each.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -80,21 +81,103 @@ def save_curves_csv(path: str | Path, curves: Mapping[str, PRCurve]) -> None:
     atomic_write(Path(path), write)
 
 
-def plot_curves(path: str | Path, curves: Mapping[str, PRCurve], title: str = "") -> None:
-    """A PNG with one precision-recall line per direction."""
+def split_direction(name: str, modalities: Sequence[str] | None = None) -> tuple[str, str] | None:
+    """(query, gallery) of a direction named "query->gallery", else None.
+
+    With `modalities`, both parts must be among them (a name may itself hold "->": the
+    split that yields two of them is taken)."""
+    parts = name.split("->")
+    for cut in range(1, len(parts)):
+        query, gallery = "->".join(parts[:cut]), "->".join(parts[cut:])
+        if modalities is None or (query in modalities and gallery in modalities):
+            return query, gallery
+    return None
+
+
+def plot_curves(path: str | Path, curves: Mapping[str, PRCurve], title: str = "",
+                modalities: Sequence[str] | None = None) -> None:
+    """A PNG of the curves: a panel per query modality, with its gallery modalities as curves.
+
+    Directions are named "query->gallery"; `modalities` orders the panels and the gallery
+    colours (default: the order the names first appear in). A gallery modality has one colour
+    and line style in every panel, named once by a legend outside the panels: in the grid's
+    spare cell when it has one, else to the right. Curves named otherwise share one panel.
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only: no display is needed or wanted
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         raise ConfigError("the precision-recall plot needs matplotlib: pip install matplotlib "
                           "(or drcl_fast[plot]); the curve data can still be written as CSV") from None
-    figure, axes = plt.subplots(figsize=(6, 5))
-    for name, curve in curves.items():
-        axes.plot(curve.recall, curve.precision, label=name, linewidth=1.2)
-    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small", ncol=2 if len(curves) > 8 else 1)
+    if not curves:
+        raise ConfigError("there is no precision-recall curve to plot")
+    panels, entries, heading = _panels(curves, modalities)
+    styles = {entry: _style(i, len(entries)) for i, entry in enumerate(entries)}
+    count = len(panels)
+    columns = count if count <= 3 else math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(0.6 + 3.3 * columns, 0.8 + 3.0 * rows),
+                                sharex=True, sharey=True, squeeze=False)
+    cells = list(grid.flat)
+    for index, (axes, (query, lines)) in enumerate(zip(cells, panels.items())):
+        for entry, curve in lines.items():
+            axes.plot(curve.recall, curve.precision, linewidth=1.5, **styles[entry])
+        if query is not None:
+            axes.set_title(f"{query} as query", fontsize="medium")
+        axes.set(xlim=(0, 1), ylim=(0, 1.02))
+        axes.grid(alpha=0.3)
+        # Shared axes: every panel keeps its tick labels; the outer ones are labelled.
+        axes.tick_params(labelbottom=True, labelleft=True)
+        if index + columns >= count:   # the lowest panel of its column
+            axes.set_xlabel("recall")
+        if index % columns == 0:
+            axes.set_ylabel("precision")
+    figure.suptitle(f"{title}: precision-recall" if title else "precision-recall")
     figure.tight_layout()
-    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    handles = [Line2D([], [], linewidth=2, **styles[entry]) for entry in entries]
+    legend = dict(title=heading, frameon=False, fontsize="medium", title_fontsize="medium")
+    if count < len(cells):
+        spare = cells[count].get_position()   # the first spare cell holds the legend
+        figure.legend(handles, entries, loc="center", bbox_to_anchor=spare.bounds, **legend)
+    else:
+        figure.legend(handles, entries, loc="center left", bbox_to_anchor=(1.0, 0.5), **legend)
+    for axes in cells[count:]:
+        figure.delaxes(axes)
+    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(figure)
+
+
+def _panels(curves: Mapping[str, PRCurve], modalities: Sequence[str] | None
+            ) -> tuple[dict[str | None, dict[str, PRCurve]], list[str], str | None]:
+    """({query: {gallery: curve}}, the galleries in legend order, the legend's heading); for curves
+    that are not all "query->gallery" directions, ({None: curves}, their names, None)."""
+    split = {name: split_direction(name, modalities) for name in curves}
+    if any(parts is None for parts in split.values()):
+        return {None: dict(curves)}, list(curves), None
+    order = list(modalities) if modalities is not None else \
+        list(dict.fromkeys(m for parts in split.values() for m in parts))
+    panels: dict[str | None, dict[str, PRCurve]] = {}
+    for query in order:
+        lines = {g: curves[name] for name, (q, g) in split.items() if q == query}
+        if lines:
+            panels[query] = dict(sorted(lines.items(), key=lambda item: order.index(item[0])))
+    galleries = {g for _, g in split.values()}
+    return panels, [m for m in order if m in galleries], "gallery"
+
+
+LINE_STYLES = ("-", "--", "-.", (0, (1, 1)))
+
+
+def _style(index: int, count: int) -> dict[str, Any]:
+    """Entry `index` of `count`: a colour of its own (tab10 up to ten, tab20 up to twenty, then
+    spread over a colour wheel) and a line style, so that curves that coincide still show."""
+    import matplotlib
+    if count <= 10:
+        colour = matplotlib.colormaps["tab10"](index)
+    elif count <= 20:
+        colour = matplotlib.colormaps["tab20"](index)
+    else:
+        colour = matplotlib.colormaps["hsv"](index / count)
+    return {"color": colour, "linestyle": LINE_STYLES[index % len(LINE_STYLES)]}
