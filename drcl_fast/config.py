@@ -10,10 +10,20 @@ from drcl_fast.errors import ConfigError
 # The released main.py's --lr default; the released code indexes it by view.
 RELEASED_LR = (6e-6, 5e-3, 8e-4, 3e-3, 4e-4)
 
+# The released code's dataset names: with no --lr they keep the released behaviour (the published
+# rates of wiki and xmedia, PRESETS; the released list above, indexed by view, for the others).
+RELEASED_DATASETS = ("wiki", "xmedia", "xmedianet", "nus", "INRIA-Websearch")
+
 PRIOR_CHOICES = ("spl", "file", "w0")
 
 
 AUTO = "auto"   # a setting the package picks: `lr` (searched), `concurrent_units` (for the device)
+
+# The RSC rate of every modality of data with no published rates (a --data_path container, a
+# MultiModalData of another name): searched on the data, as `--lr auto`. No one rate trained well on
+# every data set measured (docs/lr_search.md, "A default for other data"); a number here, e.g. 1e-3,
+# would make it that rate.
+DEFAULT_LR: float | str = AUTO
 
 
 @dataclass
@@ -28,7 +38,9 @@ class DRCLConfig:
     """
 
     datasets: str = "wiki"
-    lr: list[float | str] | str | None = None   # RSC rate per modality, or "auto" (searched); None: the preset's
+    # RSC rate: one per modality ("auto": searched), or one number or "auto" for every modality;
+    # None: the dataset's published rates, else the released list (released names), else DEFAULT_LR (searched).
+    lr: list[float | str] | float | str | None = None
     lr_SPL: float = 5e-4
     prior: str = "spl"
     batch_size: int = 1024
@@ -60,21 +72,36 @@ class DRCLConfig:
 
     @classmethod
     def preset(cls, dataset: str, **overrides: Any) -> "DRCLConfig":
-        """The published settings for `dataset` (DESIGN.md section 1), then `overrides`."""
+        """The published settings for `dataset` (PRESETS; docs/design.md section 1), then `overrides`."""
         base = {**PRESETS.get(dataset, {}), **overrides}
         return cls(datasets=dataset, **base)
 
     def learning_rates(self, num_modalities: int) -> list[float | str]:
-        """One RSC rate per modality ("auto": searched): `lr`, else the released default list (indexed by
-        view, as there)."""
-        if isinstance(self.lr, str):
-            return [self.lr] * num_modalities
+        """One RSC rate per modality ("auto": searched); `rate_sources` says where each comes from."""
+        return [rate for rate, _ in self.rate_sources(num_modalities)]
+
+    def rate_sources(self, num_modalities: int) -> list[tuple[float | str, str]]:
+        """(rate, where it comes from) per modality: `lr` (one value for all, or one per modality),
+        else for the released dataset names their published rates or the released default list
+        (indexed by view, as there), else DEFAULT_LR for every modality ("auto": searched)."""
+        k = num_modalities
+        if isinstance(self.lr, (str, int, float)) and not isinstance(self.lr, bool):
+            return [(self.lr, "--lr auto (searched)" if self.lr == AUTO else "--lr (one value for every modality)")] * k
         if self.lr is not None:
-            return list(self.lr)
-        if num_modalities > len(RELEASED_LR):
-            raise ConfigError(f"{self.datasets!r} has {num_modalities} modalities and no published learning "
-                              f"rates; pass --lr with one rate per modality")
-        return list(RELEASED_LR[:num_modalities])
+            preset = PRESETS.get(self.datasets, {}).get("lr")
+            if preset is not None and list(self.lr) == list(preset):
+                what = f"published for {self.datasets}" if self.datasets in RELEASED_DATASETS \
+                    else f"the {self.datasets} preset"
+                return [(lr, what) for lr in self.lr]
+            return [(lr, "--lr auto (searched)" if lr == AUTO else "--lr") for lr in self.lr]
+        if self.datasets in RELEASED_DATASETS:
+            if k > len(RELEASED_LR):
+                raise ConfigError(f"{self.datasets!r} has {k} modalities and no published learning rates; "
+                                  f"pass --lr with one rate for every modality, or one per modality")
+            return [(lr, f"the released default list (no rates published for {self.datasets})")
+                    for lr in RELEASED_LR[:k]]
+        searched = " (searched)" if DEFAULT_LR == AUTO else ""
+        return [(DEFAULT_LR, f"default for data without published rates{searched}")] * k
 
     @property
     def spl_epoch_count(self) -> int:

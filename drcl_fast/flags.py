@@ -62,8 +62,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("released main.py flags (None: the dataset's preset)")
     _flag(g, "datasets", default="wiki", help="wiki, xmedia, xmedianet, nus, INRIA-Websearch, mfeat (default: wiki)")
     _flag(g, "lr", type=rate, nargs="+", default=None,
-          help="RSC learning rate per modality; 'auto' searches it on the training and validation data "
-               "(one 'auto' for all, or e.g. '1e-3 auto')")
+          help="RSC learning rate: one value for every modality, or one per modality; 'auto' searches it "
+               "on the training and validation data (e.g. 'auto', or '1e-3 auto'). Default: the dataset's "
+               "published rates; the released list for the other released names; 'auto' for other data")
     _flag(g, "lr_SPL", type=float, default=None, help="SPL learning rate (5e-4)")
     _flag(g, "wselect", default=None, help="learn the prior with SPL (True, the released default) or read "
           "PriorW/W_{D}X{C}{dataset}.mat (False)", **boolean)
@@ -122,8 +123,8 @@ def config_from_flags(ns: argparse.Namespace) -> DRCLConfig:
     if flags.get("resume") and flags.get("overwrite"):
         raise ConfigError("--resume continues a run and --overwrite starts it over; give one of them")
     given.pop("datasets")
-    if given.get("lr") == ["auto"]:   # one 'auto' stands for every modality
-        given["lr"] = "auto"
+    if isinstance(given.get("lr"), list) and len(given["lr"]) == 1:   # one value (or 'auto') for every modality
+        given["lr"] = given["lr"][0]
     return DRCLConfig.preset(dataset, **given)
 
 

@@ -22,9 +22,11 @@ def check_run(cfg: DRCLConfig, data: MultiModalData) -> list[int]:
     if not -1 <= cfg.view_id < k:
         raise ConfigError(f"--view_id {cfg.view_id} is out of range: {data.name!r} has modalities "
                           f"0..{k - 1} ({', '.join(data.modalities)}), or -1 for all")
-    if isinstance(cfg.lr, list) and len(cfg.lr) != k:
+    if isinstance(cfg.lr, (list, tuple)) and len(cfg.lr) != k:
         raise ConfigError(f"--lr gives {len(cfg.lr)} learning rate(s) for the {k} modalities of {data.name!r} "
-                          f"({', '.join(data.modalities)}); pass exactly one per modality")
+                          f"({', '.join(data.modalities)}); pass one for every modality, or exactly one per "
+                          f"modality")
+    cfg.learning_rates(k)   # a released name with more modalities than the released list: said before training
     views = [cfg.view_id] if cfg.view_id >= 0 else list(range(k))
     unlabelled = unlabelled_counts(data)
     # SPL learns on every modality, whichever views RSC trains.
@@ -89,7 +91,7 @@ def _check_numbers(cfg: DRCLConfig, data: MultiModalData) -> None:
     for name, value in positive.items():
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"--{name} {value}: must be positive")
-    rates = [cfg.lr] if isinstance(cfg.lr, str) else cfg.lr or []
+    rates = [cfg.lr] if isinstance(cfg.lr, (str, int, float)) else cfg.lr or []   # one value: every modality
     if not all(lr == AUTO if isinstance(lr, str) else math.isfinite(lr) and lr > 0 for lr in rates):
         raise ConfigError(f"--lr {cfg.lr}: every learning rate must be a positive number, or 'auto' to search it")
     if cfg.lr_criterion not in CRITERIA:
