@@ -110,9 +110,36 @@ class Checkpointer:
                 self.save_progress(phase, view, {**snapshot(), **(extra or {})}, f"epoch {epoch}")
         return on_epoch
 
-    def remove(self) -> None:
+    def stop_hook(self, phase: str, view: int, extra: dict[str, Any] | None = None
+                  ) -> Callable[[Snapshot], None]:
+        """What a training unit calls when it stops on request (`interrupt`): save its snapshot now,
+        part-way through an epoch, whether or not a save is due (nothing with checkpoints off)."""
+        def on_stop(snapshot: Snapshot) -> None:
+            if self.enabled:
+                state = {**snapshot(), **(extra or {})}
+                self.save_progress(phase, view, state, f"stopped in epoch {state['epoch'] + 1} "
+                                                       f"before batch {state.get('batch', 0) + 1}")
+        return on_stop
+
+    def identity_on_disk(self) -> dict[str, Any] | None:
+        """The identity of the checkpoints on disk (the first one's), or None if it cannot be read."""
         for path in self.saved_paths():
+            try:   # mmap: the tensors are not read
+                record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # torch raises many types for a damaged file
+                continue
+            if isinstance(record, dict) and record.get("version") == FORMAT_VERSION:
+                return record.get("identity")
+        return None
+
+    def remove(self) -> None:
+        # With the temporary files of saves that a second Ctrl-C (os._exit) or a kill cut short.
+        for path in [*self.saved_paths(), *self.folder.glob(f".{self.stem}.*.tmp")]:
             path.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()   # and the folder, once empty (it stays while it holds other runs' files)
+        except OSError:
+            pass
 
     def _save(self, phase: str, view: int, record: dict[str, Any], label: str) -> None:
         if not self.enabled:

@@ -5,14 +5,17 @@ import argparse
 import logging
 import sys
 
+from drcl_fast.argparsing import Parser
 from drcl_fast.flags import add_train_flags
 from drcl_fast.retrieval.eval_cli import add_eval_flags, run_eval
 from drcl_fast.studies.flags import add_ablate_flags, add_sweep_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="drcl-fast", description="Deep Reversible Consistency Learning for cross-modal retrieval")
+    """The `drcl-fast` parser; a command's misspelt flag is reported by that command, with the closest flag."""
+    import drcl_fast
+    parser = Parser(prog="drcl-fast", description="Deep Reversible Consistency Learning for cross-modal retrieval")
+    parser.add_argument("--version", action="version", version=f"drcl-fast {drcl_fast.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="train DRCL and evaluate MAP (the released main.py)",
                                 description="Train DRCL on a dataset: SPL, RSC per modality, MAP@all and MAP@50.")
@@ -35,7 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Train as the flags say; under torchrun, this rank's share of the units (rank 0 reports)."""
     from drcl_fast import distributed
     from drcl_fast.retrieval.report import format_table
-    from drcl_fast.runlog import setup_run_logging
+    from drcl_fast.runlog import output_lines, setup_run_logging
     from drcl_fast.solver import Solver
 
     with distributed.process_group():
@@ -46,9 +49,10 @@ def run_train(args: argparse.Namespace) -> int:
         solver = Solver(args, logging.getLogger("drcl_fast.results"))
         solver.train()
         metrics = solver.result.metrics
-        if metrics and not args.quiet and distributed.is_main():
-            print(format_table(metrics))
-            print(f"metrics written to {args.out.rstrip('/')}/metrics.json")
+        if not args.quiet and distributed.is_main():
+            if metrics:
+                print(format_table(metrics))
+            print("\n".join(output_lines(args.out, args.datasets, solver.result)))
     return 0
 
 
@@ -64,15 +68,22 @@ def run_study(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from drcl_fast import distributed, interrupt
     from drcl_fast.errors import DRCLError
-    try:
-        run = {"eval": run_eval, "sweep": run_study, "ablate": run_study}.get(args.command, run_train)
-        return run(args)
-    except DRCLError as error:
-        # A problem with the input or the setup: say what and where, without a traceback.
-        from drcl_fast import distributed
-        where = f" (rank {distributed.launched_rank()})" if distributed.launched_by_torchrun() else ""
-        parser.exit(2, f"drcl-fast {args.command}{where}: error: {error}\n")
+    where = f" (rank {distributed.launched_rank()})" if distributed.launched_by_torchrun() else ""
+    # SIGINT and SIGTERM stop the command at the units' next step, checkpoints saved (drcl_fast/interrupt.py);
+    # the handlers are put back after.
+    with interrupt.on_signals(), interrupt.stage("evaluation" if args.command == "eval" else "start-up"):
+        try:
+            run = {"eval": run_eval, "sweep": run_study, "ablate": run_study}.get(args.command, run_train)
+            return run(args)
+        except interrupt.Interrupted as stop:
+            # Stopped on request: one line (what stopped, how to continue), no traceback; 130 or 143.
+            sys.stderr.write(f"drcl-fast {args.command}{where}: {stop}\n")
+            return interrupt.exit_status(stop.signum)
+        except DRCLError as error:
+            # A problem with the input or the setup: say what and where, without a traceback.
+            parser.exit(2, f"drcl-fast {args.command}{where}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from drcl_fast import ops
+from drcl_fast import interrupt, ops
 from drcl_fast.encoder_step import EncoderStep, step_for
 from drcl_fast.errors import NonFiniteLossError
 from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
 from drcl_fast.model import Encoder, encoder_from_state, seeded_encoder
 from drcl_fast.progress import epoch_bar
 from drcl_fast.optim import adam
-from drcl_fast.spl import EpochHook
+from drcl_fast.spl import EpochHook, StopHook
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
 
@@ -129,11 +129,13 @@ def batch_gradients(encoder: Encoder, step: EncoderStep | None, x: torch.Tensor,
 
 def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress: bool = True,
               pinv: torch.Tensor | None = None, resume: dict[str, Any] | None = None,
-              on_epoch: EpochHook | None = None) -> RSCResult:
+              on_epoch: EpochHook | None = None, on_stop: StopHook | None = None) -> RSCResult:
     """Train a fresh F_k against the frozen prior W; keep test outputs of the lowest validation loss.
 
     `on_epoch(epoch, snapshot)` runs after every epoch; `snapshot()` returns the
-    state that `resume` takes to continue from that epoch bit for bit.
+    state that `resume` takes to continue from that epoch bit for bit. Before each
+    batch, a stop request (`interrupt`) calls `on_stop(snapshot)`, the state to continue
+    from that batch, and raises `interrupt.Interrupted`.
     """
     device = data.train_x.device
     prior = prior.to(device=device, dtype=torch.float32)
@@ -144,13 +146,15 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     generator = torch.Generator().manual_seed(s.seed)
     best: _Selection | None = None
     history: list[dict[str, float]] = []
-    start = 0
+    start, first_batch, partial = 0, 0, None
     if resume is not None:
         encoder.load_state_dict(resume["encoder"])
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
         best = None if resume["best"] is None else _Selection.restore(RSCResult.from_state(resume["best"]))
         history, start = list(resume["history"]), resume["epoch"]
+        # Stopped part-way through epoch start + 1: the generator is as before its draws.
+        first_batch, partial = resume.get("batch", 0), resume.get("partial")
 
     def snapshot() -> dict[str, Any]:
         return {"epoch": epoch + 1, "encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
@@ -165,9 +169,17 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
         # batch later).
         sums = torch.zeros(4, dtype=torch.float64, device=device)
         first_bad = torch.full((len(TERMS),), NEVER, dtype=torch.float64, device=device)
+        if partial is not None:   # the batches before first_batch, as the stopped run summed them
+            sums.copy_(partial["sums"])
+            first_bad.copy_(partial["first_bad"])
+        drawn_from = generator.get_state()
         batches, permutations = epoch_draws(data.train_x.shape[0], s.batch_size, generator, device, mixup=True)
+        stopped = None   # the batch at which a stop request came
         with batch_loop(device):
-            for b in range(batches.shape[0]):
+            for b in range(first_batch, batches.shape[0]):
+                if interrupt.requested():
+                    stopped = b
+                    break
                 idx = batches[b]
                 optimizer.zero_grad(set_to_none=True)
                 loss, terms = batch_gradients(encoder, step, data.train_x[idx], data.train_t[idx],
@@ -176,6 +188,12 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
                 values = torch.stack([t.detach() for t in terms])
                 sums += torch.cat([loss.detach().reshape(1), values]).double()
                 first_bad = torch.where(torch.isfinite(values), first_bad, first_bad.clamp(max=b + 1))
+        if stopped is not None:   # saved outside the loop, which reads nothing back from the device
+            if on_stop is not None:
+                on_stop(lambda: {**snapshot(), "epoch": epoch, "batch": stopped, "generator": drawn_from,
+                                 "partial": {"sums": sums.cpu(), "first_bad": first_bad.cpu()}})
+            interrupt.check()
+        first_batch, partial = 0, None
         sampled = (epoch + 1) % s.sample_interval == 0
         epoch_values = [sums / max(batches.shape[0], 1), first_bad]
         if sampled:

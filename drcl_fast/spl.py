@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from drcl_fast import ops
+from drcl_fast import interrupt, ops
 from drcl_fast.encoder_step import EncoderStep, step_for
 from drcl_fast.errors import ConfigError, NonFiniteLossError
 from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
@@ -19,6 +19,7 @@ from drcl_fast.optim import adam
 from drcl_fast.progress import epoch_bar
 
 EpochHook = Callable[[int, Callable[[], dict[str, Any]]], None]
+StopHook = Callable[[Callable[[], dict[str, Any]]], None]   # saves the state a stopped unit continues from
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
 
@@ -87,11 +88,13 @@ def batch_gradients(encoder: torch.nn.Module, step: EncoderStep | None, x: torch
 def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
                 hidden_dim: int, sample_interval: int, seed: int, backend: str = "auto",
                 progress: bool = True, resume: dict[str, Any] | None = None,
-                on_epoch: EpochHook | None = None) -> SPLResult:
+                on_epoch: EpochHook | None = None, on_stop: StopHook | None = None) -> SPLResult:
     """Train F_k and W_k (initialised at W0) with GCE; score S_k(e) after sampled epochs.
 
     `on_epoch(epoch, snapshot)` runs after every epoch; `snapshot()` returns the
-    state that `resume` takes to continue from that epoch bit for bit.
+    state that `resume` takes to continue from that epoch bit for bit. Before each
+    batch, a stop request (`interrupt`) calls `on_stop(snapshot)`, the state to continue
+    from that batch, and raises `interrupt.Interrupted`.
     """
     device = data.train_x.device
     encoder = seeded_encoder(data.input_dim, hidden_dim, w0.shape[0], seed, device)
@@ -100,7 +103,7 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
     step = step_for(encoder, backend, device)
     generator = torch.Generator().manual_seed(seed)
     result = SPLResult(data.name, w0.clone(), w0.clone(), best_epoch=0)
-    start = 0
+    start, first_batch, partial = 0, 0, None
     if resume is not None:
         encoder.load_state_dict(resume["encoder"])
         with torch.no_grad():
@@ -108,6 +111,8 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
         result, start = SPLResult.from_state(resume["result"]), resume["epoch"]
+        # Stopped part-way through epoch start + 1: the generator is as before its draws.
+        first_batch, partial = resume.get("batch", 0), resume.get("partial")
     best_prior = result.best_prior.to(device)   # on the device until the run ends: no transfer per epoch
 
     def host_result() -> SPLResult:
@@ -123,14 +128,27 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
     for epoch in bar:
         q = ops.gce_q(epoch)
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on device: no sync per batch
+        if partial is not None:   # the batches before first_batch, as the stopped run summed them
+            total.copy_(partial["total"])
+        drawn_from = generator.get_state()
         batches, _ = epoch_draws(data.train_x.shape[0], batch_size, generator, device)
+        stopped = None   # the batch at which a stop request came
         with batch_loop(device):
-            for b in range(batches.shape[0]):
+            for b in range(first_batch, batches.shape[0]):
+                if interrupt.requested():
+                    stopped = b
+                    break
                 idx = batches[b]
                 optimizer.zero_grad(set_to_none=True)
                 loss = batch_gradients(encoder, step, data.train_x[idx], prior, data.train_t[idx], q, backend)
                 optimizer.step()
                 total += loss.detach().double()
+        if stopped is not None:   # saved outside the loop, which reads nothing back from the device
+            if on_stop is not None:
+                on_stop(lambda: {**snapshot(), "epoch": epoch, "batch": stopped, "generator": drawn_from,
+                                 "partial": {"total": total.cpu()}})
+            interrupt.check()
+        first_batch, partial = 0, None
         sampled = (epoch + 1) % sample_interval == 0
         epoch_values = [total.reshape(1) / max(batches.shape[0], 1)]
         if sampled:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from drcl_fast import backends, distributed, lr_search, outputs, preflight, runtime
+from drcl_fast import backends, distributed, interrupt, lr_search, outputs, preflight, runtime
 from drcl_fast.checkpoint import Checkpointer, fingerprint
 from drcl_fast.config import AUTO, DRCLConfig
 from drcl_fast.data.container import MultiModalData
@@ -69,14 +70,23 @@ def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResu
     """Run DRCL on `data` as `cfg` says, writing the released output files under `cfg.out`.
 
     With `cfg.resume`, an interrupted run with the same settings continues from
-    its checkpoint and ends exactly as an uninterrupted one.
+    its checkpoint and ends exactly as an uninterrupted one. A Ctrl-C (where Python's
+    default handler is in place; the CLI's handles SIGTERM too) stops every unit at its
+    next step, once it has saved its checkpoint, and raises `interrupt.Interrupted` (a
+    KeyboardInterrupt) saying what stopped and where the checkpoints are.
     """
     check_dataset_name(cfg, data)
     views = preflight.check_run(cfg, data)
     device = runtime.resolve_device(distributed.rank_device(cfg.device))
     runtime.check_backends(cfg.backend, device)
-    with runtime.deterministic_algorithms(cfg.deterministic):
-        return _fit(data, cfg, views, device, progress)
+    with runtime.deterministic_algorithms(cfg.deterministic), \
+            interrupt.on_signals((signal.SIGINT,), only_over_default=True), interrupt.stage("training"):
+        try:
+            return _fit(data, cfg, views, device, progress)
+        except interrupt.Interrupted as stop:
+            checkpoints = Checkpointer(cfg.out, cfg.datasets, cfg.view_id, cfg.checkpoint_every, {})
+            stop.note_checkpoints(checkpoints.folder, checkpoints.enabled, checkpoints.saved_paths())
+            raise
 
 
 def check_dataset_name(cfg: DRCLConfig, data: MultiModalData) -> None:
@@ -94,6 +104,7 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     checkpointer = Checkpointer(cfg.out, cfg.datasets, cfg.view_id, cfg.checkpoint_every, identity)
     saved = checkpointer.saved_paths() if cfg.resume else []
     if not saved:
+        _refuse_unresumed(cfg, data, checkpointer)
         try:
             outputs.refuse_overwrite(planned_outputs(cfg, data, views) if distributed.is_main() else [],
                                      cfg.overwrite)
@@ -118,7 +129,10 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     started = time.perf_counter()
     result = _prior(run)
     result.phase_seconds["spl"] = time.perf_counter() - started
-    lrs = cfg.learning_rates(data.num_modalities)
+    sources = cfg.rate_sources(data.num_modalities)
+    for line in lr_search.rate_lines(sources, data.modalities, views):
+        log.info(line)
+    lrs = [rate for rate, _ in sources]
     trained = run.phase("rsc", views, lambda unit: _rsc_unit(run, unit, lrs[unit.view], result.prior))
     units = {k: state for part in distributed.gather_to_main(trained) for k, state in part.items()}
     result.rsc = {k: RSCResult.from_state(state["rsc"]) for k, state in units.items()}
@@ -127,7 +141,8 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     result.train_flops = run.flops
     if run.flops:
         rate = max(rate_before, matrix_rate(cfg.hidden_shape, cfg.batch_size, device))
-        result.floor = Floor(run.flops, rate, result.phase_seconds["spl"] + result.phase_seconds["rsc"])
+        result.floor = Floor(run.flops, rate, result.phase_seconds["spl"] + result.phase_seconds["rsc"],
+                             device.type)
         log.info(result.floor.line())
     if distributed.is_main():
         if result.lr_search:
@@ -139,11 +154,36 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
                              {"test_fea": rsc.test_embeddings, "test_lab": rsc.test_labels,
                               "test_pred": rsc.test_probabilities})
         evaluation = time.perf_counter()
-        result.metrics = evaluate_saved(cfg, data, views, result, device, run.progress)
+        with interrupt.stage("evaluation"):
+            result.metrics = evaluate_saved(cfg, data, views, result, device, run.progress)
         result.phase_seconds["evaluation"] = time.perf_counter() - evaluation
     distributed.wait_for_all("outputs written")
     checkpointer.remove()  # the run is complete: its outputs hold everything
     return result
+
+
+def _refuse_unresumed(cfg: DRCLConfig, data: MultiModalData, checkpointer: Checkpointer) -> None:
+    """Checkpoints of an interrupted run in --out, and neither --resume nor --overwrite: say how to continue it
+    (or, for another run's, that they are another's). With --overwrite (and no --resume) they go: a run that
+    starts over must not resume from them later."""
+    if cfg.overwrite and not cfg.resume:
+        if distributed.is_main():
+            checkpointer.remove()
+        distributed.wait_for_all("earlier checkpoints removed")
+        return
+    saved = checkpointer.saved_paths()
+    if cfg.resume or not saved:
+        return
+    on_disk = checkpointer.identity_on_disk()
+    identity = checkpointer.identity or fingerprint(cfg, data)
+    if on_disk is not None and on_disk != identity:
+        other = " and ".join(k for k in ("settings", "data") if on_disk.get(k) != identity[k])
+        raise OutputExistsError(f"{checkpointer.folder} holds the checkpoints of another run (other {other}), "
+                                f"e.g. {saved[0]}: run that run's command with --resume to continue it, pass "
+                                f"--overwrite to start over (discarding them), or choose another --out directory")
+    raise OutputExistsError(f"checkpoints of this run exist in {checkpointer.folder} ({len(saved)} unit file(s); "
+                            f"it was interrupted): run the same command with --resume to continue it (or "
+                            f"--overwrite to start over, discarding them)")
 
 
 class _Run:
@@ -204,6 +244,9 @@ class _Run:
         """train(unit), its failure said with the unit (and the rank) and where its last checkpoint is."""
         try:
             return train(unit)
+        except interrupt.Interrupted as stop:   # stopped on request, its checkpoint saved: no traceback
+            stop.units.append(unit)
+            raise
         except NonFiniteLossError as error:
             if not self.checkpointer.enabled:
                 raise
@@ -244,14 +287,25 @@ def _rsc_unit(run: _Run, unit: Unit, lr: float | str, prior: torch.Tensor) -> di
         if lr == AUTO:
             record, resume = _search_rate(run, unit, m, prior, settings, resume)
             settings.lr = record["chosen"]
-        log.info("RSC on modality %d (%s), lr %g%s", unit.view, unit.name, settings.lr,
+        log.info("RSC on modality %d (%s), lr %g%s%s", unit.view, unit.name, settings.lr,
+                 " (searched)" if record is not None else "",
                  f", resumed after epoch {resume['epoch']}" if resume else "")
         run.count(unit_shape(run.cfg, m, *prior.shape, "rsc", resume))
+        started = time.perf_counter()
         rsc = train_rsc(m, prior, settings, progress=run.progress, resume=resume,
-                        on_epoch=run.checkpointer.epoch_hook("rsc", unit.view, {"lr_search": record}))
+                        on_epoch=run.checkpointer.epoch_hook("rsc", unit.view, {"lr_search": record}),
+                        on_stop=run.checkpointer.stop_hook("rsc", unit.view, {"lr_search": record}))
         run.checkpointer.save_done("rsc", unit.view, {"rsc": rsc.to_state(), "lr_search": record})
-    log.info("RSC %s: best epoch %d, validation J %.5f", rsc.modality, rsc.best_epoch, rsc.best_val_loss)
+    timing = "from its checkpoint, " if done is not None else _took(run.cfg.epochs, resume, started)
+    log.info("RSC %s: %sbest epoch %d, validation J %.5f", rsc.modality, timing, rsc.best_epoch, rsc.best_val_loss)
     return {"rsc": rsc.to_state(), "lr_search": record}
+
+
+def _took(epochs: int, resume: dict | None, started: float) -> str:
+    """What a unit's end line says it trained, and in how long ("40 epochs in 13.2 s, "): off a terminal,
+    with no progress bar (progress.py), its start and end lines are what a unit shows."""
+    trained = epochs - (resume["epoch"] if resume else 0)
+    return f"{trained} epoch{'s' if trained != 1 else ''} in {time.perf_counter() - started:.1f} s, "
 
 
 def _search_rate(run: _Run, unit: Unit, m: ModalityData, prior: torch.Tensor, settings: RSCSettings,
@@ -310,12 +364,15 @@ def _spl_unit(run: _Run, unit: Unit, w0: torch.Tensor) -> dict:
              f", resumed after epoch {resume['epoch']}" if resume else "")
     m = ModalityData.from_dataset(run.data, unit.view, run.device)
     run.count(unit_shape(cfg, m, *w0.shape, "spl", resume))
+    started = time.perf_counter()
     r = learn_prior(m, w0, epochs=cfg.spl_epoch_count, batch_size=cfg.batch_size, lr=cfg.lr_SPL,
                     hidden_dim=cfg.hidden_shape, sample_interval=cfg.sample_interval, seed=cfg.seed,
                     backend=cfg.backend, progress=run.progress, resume=resume,
-                    on_epoch=run.checkpointer.epoch_hook("spl", unit.view))
+                    on_epoch=run.checkpointer.epoch_hook("spl", unit.view),
+                    on_stop=run.checkpointer.stop_hook("spl", unit.view))
     run.checkpointer.save_done("spl", unit.view, r.to_state())
-    log.info("SPL %s: best score %.5f at epoch %d", r.modality, r.best_score, r.best_epoch)
+    log.info("SPL %s: %sbest score %.5f at epoch %d", r.modality, _took(cfg.spl_epoch_count, resume, started),
+             r.best_score, r.best_epoch)
     return r.to_state()
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
-from drcl_fast import progress
+from drcl_fast import interrupt, progress
 from drcl_fast.config import AUTO
 
 PHASES = ("spl", "rsc")
@@ -100,9 +100,22 @@ def run_concurrently(units: Sequence[Unit], train: Callable[[Unit], Result], dev
     comes back after), so that its results depend on that number alone, not on which
     units ran beside it. Each worker takes the next unit, longest first, when it is
     done with one. The first failure is raised once all running units end.
+
+    A stop request (`interrupt`) stops every unit at its next step: no unit starts after
+    it, and one `Interrupted` naming every unit that stopped is raised once all have.
     """
-    if streams <= 1 or len(units) <= 1:
-        return {unit: train(unit) for unit in units}
+    with interrupt.at_step_boundaries():
+        if streams <= 1 or len(units) <= 1:
+            results = {}
+            for unit in units:
+                interrupt.check()
+                results[unit] = train(unit)
+            return results
+        return _in_threads(units, train, device, streams, threads)
+
+
+def _in_threads(units: Sequence[Unit], train: Callable[[Unit], Result], device: torch.device,
+                streams: int, threads: int) -> dict[Unit, Result]:
     todo: queue.SimpleQueue[Unit] = queue.SimpleQueue()
     for unit in sorted(units, key=lambda u: (-u.cost, u.view)):
         todo.put(unit)
@@ -123,21 +136,25 @@ def run_concurrently(units: Sequence[Unit], train: Callable[[Unit], Result], dev
                 except queue.Empty:
                     return
                 try:
+                    interrupt.check()
                     results[unit] = train(unit)
                 except BaseException as error:  # raised in the caller's thread below
                     errors.append(error)
                     return
 
     with _intra_op_threads(device, threads):
-        # Daemons, so that a Ctrl-C ends the process: each unit's checkpoint keeps its progress.
+        # Daemons, so that a kill (not a stop request: the units end that) ends the process.
         workers = [threading.Thread(target=worker, args=(w,), name=f"drcl-unit-{w}", daemon=True)
                    for w in range(min(streams, len(units)))]
         for thread in workers:
             thread.start()
         for thread in workers:
             thread.join()
-    if errors:
-        raise errors[0]
+    failures = [error for error in errors if not isinstance(error, interrupt.Interrupted)]
+    if failures:
+        raise failures[0]
+    if errors:   # every unit that was training stopped on request: one exception names them all
+        raise errors[0].merge(errors[1:])
     return {unit: results[unit] for unit in units}
 
 

@@ -33,12 +33,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from drcl_fast import distributed, outputs
+from drcl_fast import distributed, interrupt, outputs
 from drcl_fast.checkpoint import NOT_IN_FINGERPRINT, fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import CheckpointError, ConfigError, OutputExistsError
 from drcl_fast.preflight import check_run
+from drcl_fast.progress import bars
 from drcl_fast.retrieval.report import metrics_dict
 from drcl_fast.runlog import FORMAT
 from drcl_fast.trainer import FitResult, fit, output_dim
@@ -152,11 +153,23 @@ class Study:
             OutputExistsError: an earlier study is in the folder and neither --resume nor --overwrite is given.
             ConfigError: a saved point has other settings than the point now (with --resume).
             CheckpointError: a saved point's record cannot be read.
+            interrupt.Interrupted: stopped on request (Ctrl-C, SIGTERM); --resume continues.
         """
+        try:
+            with interrupt.stage(f"the {self.name} study"):
+                return self._run(stages)
+        except interrupt.Interrupted as stop:
+            if not stop.resumable:   # the finished points are kept all the same
+                stop.saved = (f"finished points in {self.folder / 'points'}"
+                              + (f" ({stop.point} starts over)" if stop.point else ""))
+            stop.resumable = True
+            raise
+
+    def _run(self, stages: Sequence[Stage]) -> dict[str, dict]:
         self._refuse_earlier_study()
         distributed.wait_for_all(f"{self.name}: folder checked")   # before any rank writes into it
         records: dict[str, dict] = {}
-        with tqdm(total=self.total, desc=self.name, unit="point", disable=not self.progress,
+        with tqdm(total=self.total, desc=self.name, unit="point", disable=not bars(self.progress),
                   dynamic_ncols=True) as bar, _console_above(bar):
             for number, stage in enumerate(stages):
                 points = stage(records)
@@ -214,7 +227,11 @@ class Study:
             started = time.perf_counter()
             with distributed.alone(), _point_log(Path(cfg.out), self.data.name, cfg):
                 # The study's bar stands for the point's epoch and MAP bars; its log file has every epoch.
-                result = fit(self.data, self._run_config(point), progress=False)
+                try:
+                    result = fit(self.data, self._run_config(point), progress=False)
+                except interrupt.Interrupted as stop:
+                    stop.point = f"{self.name} point {point.name}"
+                    raise
             record = self._record(point, cfg, settings, result, time.perf_counter() - started)
             outputs.save_json(self.record_path(point.name), record)
             log.info("%s %s: MAP@all %.5f, MAP@50 %.5f (%.1f s)", self.name, point.name,
