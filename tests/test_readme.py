@@ -50,6 +50,8 @@ NOT_RUN = {
     "drcl-fast train --datasets xmedia": "needs the released XMediaFeatures.mat, which is not bundled",
     "drcl-fast eval --features_dir features --datasets wiki": "needs the released code's features/wiki_*.mat",
     "drcl-fast eval --files img.npz txt.pt": "img.npz and txt.pt stand for the reader's own files",
+    "drcl-fast train --datasets coco --data_path coco.npz": "coco.npz stands for the reader's own container "
+                                                            "(tests/test_learning_rates.py trains one)",
     "bench/bench_loss.py": "a benchmark of minutes; tests/test_bench_train_smoke.py runs it at a tiny size",
     "bench/loss_table.py": "reads the JSON the benchmark line writes; tests/test_bench_train_smoke.py runs it",
     "torchrun --nproc_per_node 4 -m drcl_fast train": "4 GPUs on the released xmedia data (torchrun over CPU "
