@@ -1,6 +1,6 @@
 """Builds the optional C++ extensions; the metadata is in pyproject.toml.
 
-- drcl_fast._map_cpp (csrc/map_rank.cpp): MAP ranking, pybind11 over numpy buffers;
+- drcl_fast._map_cpp (csrc/map_rank.cpp): MAP ranking and the top-k merge, pybind11 over numpy buffers;
 - drcl_fast._step_cpp (csrc/train_step.cpp): the CPU training step, against torch's C++
   API, so torch must be importable where it builds: `make install` runs pip with
   --no-build-isolation for that (an isolated build has no torch, and skips it).
@@ -35,8 +35,8 @@ def extensions() -> list:
         return []
     # -O3 without -march=native or -ffast-math: the wheel must run on other CPUs and
     # keep IEEE comparisons, which the exact tie rule depends on.
-    ranking = Pybind11Extension("drcl_fast._map_cpp", ["csrc/map_rank.cpp"], depends=["csrc/rank.h"], cxx_std=17,
-                                extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"])
+    ranking = Pybind11Extension("drcl_fast._map_cpp", ["csrc/map_rank.cpp"], depends=["csrc/rank.h", "csrc/topk.h"],
+                                cxx_std=17, extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"])
     return [ranking, *step_extension()]
 
 

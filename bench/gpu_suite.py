@@ -4,10 +4,11 @@
     PYTHONPATH=. python bench/gpu_suite.py --smoke                    # tiny sizes, CPU + Triton interpreter
 
 Each section lives in its own module (bench/gpu_map.py: retrieval evaluation;
-bench/gpu_train.py: the fused training kernels; bench/gpu_pipeline.py: the whole
-Wikipedia-shaped run, reference trainer against the fast one; bench/gpu_distributed.py:
-a one-rank torchrun run against the plain one; bench/gpu_kernels.py: registers, spills and
-shared memory of every Triton kernel that ran, on this card) and exposes
+bench/gpu_search.py: exact top-k search; bench/gpu_train.py: the fused training
+kernels; bench/gpu_pipeline.py: the whole Wikipedia-shaped run, reference trainer
+against the fast one; bench/gpu_distributed.py: a one-rank torchrun run against the
+plain one; bench/gpu_kernels.py: registers, spills and shared memory of every Triton
+kernel that ran, on this card) and exposes
 `run(suite: Suite) -> None`, which adds rows to the suite's one table. Without
 a GPU, `--smoke` runs every section at tiny sizes under TRITON_INTERPRET=1 so
 the script cannot rot; the test suite runs it that way.
@@ -24,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECTIONS = ("gpu_map", "gpu_train", "gpu_pipeline", "gpu_distributed", "gpu_kernels")   # gpu_kernels last: it reports what ran
+# gpu_kernels last: it reports what ran.
+SECTIONS = ("gpu_map", "gpu_search", "gpu_train", "gpu_pipeline", "gpu_distributed", "gpu_kernels")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-// pybind11 bindings of rank.h: numpy buffers in, numpy arrays out.
+// pybind11 bindings of rank.h and topk.h: numpy buffers in, numpy arrays out.
 //
 // Python computes a chunk of scores (one BLAS call) and hands it here; OpenMP
 // spreads its queries over threads while the GIL is released.
@@ -7,8 +7,10 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "rank.h"
+#include "topk.h"
 
 namespace py = pybind11;
 
@@ -87,10 +89,73 @@ py::array_t<int64_t> py_hits_at(const Scores<T>& scores, const Labels& query, co
   return out;
 }
 
+std::string shape_of(const py::array& a) {
+  std::string text = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) text += (d ? ", " : "") + std::to_string(a.shape(d));
+  return text + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// The top-k functions write into the caller's lists, so they take them as they are: a
+// converted copy would receive the result and be thrown away.
+template <typename T>
+T* list_data(py::array& list, const std::string& name, int64_t q, int64_t k, const std::string& dtype) {
+  require(list.dtype().is(py::dtype::of<T>()), name + " must be " + dtype);
+  require(list.ndim() == 2 && list.shape(0) == q && list.shape(1) == k,
+          name + " must have shape (" + std::to_string(q) + ", " + std::to_string(k) + "), got " + shape_of(list));
+  require((list.flags() & py::array::c_style) && list.writeable(),
+          name + " must be a writeable C-contiguous array (it is updated in place)");
+  return static_cast<T*>(list.mutable_data());
+}
+
+// Calls fn(scores, indices, k) with the checked lists' typed buffers (q rows each).
+template <typename Fn>
+void with_lists(py::array& best_scores, py::array& best_indices, int64_t q, Fn fn) {
+  require(best_scores.ndim() == 2 && best_scores.shape(1) >= 1,
+          "best_scores must be a 2-D (queries, k) array with k >= 1");
+  const int64_t k = best_scores.shape(1);
+  if (best_scores.dtype().is(py::dtype::of<float>())) {
+    float* scores = list_data<float>(best_scores, "best_scores", q, k, "float32");
+    fn(scores, list_data<int64_t>(best_indices, "best_indices", q, k, "int64"), k);
+  } else if (best_scores.dtype().is(py::dtype::of<double>())) {
+    double* scores = list_data<double>(best_scores, "best_scores", q, k, "float64");
+    fn(scores, list_data<int64_t>(best_indices, "best_indices", q, k, "int64"), k);
+  } else {
+    throw std::invalid_argument("best_scores must be float32 or float64");
+  }
+}
+
+void py_topk_merge(const py::array& scores, int64_t offset, py::array& best_scores, py::array& best_indices,
+                   int threads) {
+  require(scores.ndim() == 2 && scores.shape(1) >= 1, "scores must be a 2-D (queries, block items) array");
+  require(scores.flags() & py::array::c_style, "scores must be C-contiguous");
+  require(scores.dtype().is(py::dtype::of<float>()) || scores.dtype().is(py::dtype::of<double>()),
+          "scores must be float32 or float64");
+  require(best_scores.dtype().is(scores.dtype()), "best_scores must have the scores' dtype");
+  require(offset >= 0, "offset (the block's first gallery index) must be >= 0");
+  require(threads >= 1, "threads must be >= 1");
+  const int64_t q = scores.shape(0), n = scores.shape(1);
+  with_lists(best_scores, best_indices, q, [&](auto* best, int64_t* indices, int64_t k) {
+    using T = std::remove_pointer_t<decltype(best)>;
+    const T* block = static_cast<const T*>(scores.data());
+    py::gil_scoped_release release;
+    drcl::merge_block(block, q, n, offset, best, indices, k, threads);
+  });
+}
+
+void py_topk_sort(py::array& best_scores, py::array& best_indices, int threads) {
+  require(threads >= 1, "threads must be >= 1");
+  require(best_scores.ndim() == 2, "best_scores must be a 2-D (queries, k) array");
+  const int64_t q = best_scores.shape(0);
+  with_lists(best_scores, best_indices, q, [&](auto* best, int64_t* indices, int64_t k) {
+    py::gil_scoped_release release;
+    drcl::sort_lists(best, indices, q, k, threads);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_map_cpp, m) {
-  m.doc() = "Exact ranking of score rows for MAP and precision-recall (C++, OpenMP)";
+  m.doc() = "Exact ranking of score rows for MAP, precision-recall and top-k search (C++, OpenMP)";
   const char* ap_doc =
       "Per-query AP (float64) over the first `top` ranked items of each score row.\n"
       "Labels: int64 class codes (q,), (n,) or uint64 bitmasks as int64 (q, w), (n, w).\n"
@@ -104,4 +169,13 @@ PYBIND11_MODULE(_map_cpp, m) {
         py::arg("gallery_labels"), py::arg("cutoffs"), py::arg("threads"));
   m.def("hits_at", &py_hits_at<double>, py::arg("scores"), py::arg("query_labels"), py::arg("gallery_labels"),
         py::arg("cutoffs"), py::arg("threads"));
+  const char* merge_doc =
+      "Merges a (q, n) block of scores, gallery items offset..offset + n, into q running top-k lists\n"
+      "in place: best_scores (q, k) in the scores' dtype, best_indices (q, k) int64, kept as heaps\n"
+      "(topk_sort orders them: higher score, then lower index). Blocks must arrive in gallery\n"
+      "order; start the lists at -inf and -1.";
+  m.def("topk_merge", &py_topk_merge, merge_doc, py::arg("scores"), py::arg("offset"), py::arg("best_scores"),
+        py::arg("best_indices"), py::arg("threads"));
+  m.def("topk_sort", &py_topk_sort, "Sorts each row of top-k lists made by topk_merge best first, in place.",
+        py::arg("best_scores"), py::arg("best_indices"), py::arg("threads"));
 }

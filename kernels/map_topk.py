@@ -1,4 +1,4 @@
-"""Fused similarity product and running top-k for MAP@k: the (Q, N) scores never exist.
+"""Fused similarity product and running top-k for MAP@k and top-k search: the (Q, N) scores never exist.
 
 Each program owns BLOCK_Q queries and one slice of the gallery. It computes the
 scores of KP gallery items at a time (float32 `tl.dot` at IEEE precision, no
@@ -6,7 +6,8 @@ TF32) and merges them into a running top-KP list per query. An item is packed
 into one int64 key, (order-preserving score bits << 32) | (2**32 - 1 - index),
 so a larger key always ranks first: higher score, then lower gallery index,
 the tie rule of the reference. The slices' lists are merged on the host with
-one torch.topk over the keys, which are unique, so the merge is exact.
+one torch.topk over the keys, which are unique, so the merge is exact. The keys
+hold the scores' bits, so the search (`topk`) reads its scores back from them.
 """
 from __future__ import annotations
 
@@ -78,11 +79,8 @@ def _splits(num_q: int, num_g: int, kp: int, device: torch.device) -> int:
     return max(1, min(triton.cdiv(target, blocks), triton.cdiv(num_g, tiles * kp)))
 
 
-def topk_indices(query: torch.Tensor, gallery: torch.Tensor, top: int) -> torch.Tensor:
-    """(Q, top) int64 gallery indices of each query's `top` best items, best first.
-
-    `query` and `gallery` are float32 unit rows on one device; 1 <= top <= min(LARGEST_K, N).
-    """
+def _best_keys(query: torch.Tensor, gallery: torch.Tensor, top: int) -> torch.Tensor:
+    """(Q, top) int64 packed keys of each query's `top` best items, best first."""
     num_q, dim = query.shape
     num_g = gallery.shape[0]
     if not 1 <= top <= min(LARGEST_K, num_g):
@@ -97,5 +95,33 @@ def topk_indices(query: torch.Tensor, gallery: torch.Tensor, top: int) -> torch.
     _topk_kernel[grid](query, gallery, keys, num_q, num_g, dim, per_split,
                        query.stride(0), gallery.stride(0), keys.stride(0), keys.stride(1),
                        KP=kp, BLOCK_Q=_BLOCK_Q, BLOCK_D=_BLOCK_D)
-    best = torch.topk(keys.permute(1, 0, 2).reshape(num_q, splits * kp), top, dim=1, sorted=True).values
-    return (2**32 - 1) - (best & (2**32 - 1))
+    return torch.topk(keys.permute(1, 0, 2).reshape(num_q, splits * kp), top, dim=1, sorted=True).values
+
+
+def _indices_of(keys: torch.Tensor) -> torch.Tensor:
+    return (2**32 - 1) - (keys & (2**32 - 1))
+
+
+def _scores_of(keys: torch.Tensor) -> torch.Tensor:
+    """The float32 scores packed in the keys' high words (_rank_keys, undone: the map is its own inverse)."""
+    ordered = keys >> 32
+    bits = ordered ^ ((ordered >> 31) & 0x7FFFFFFF)
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def topk_indices(query: torch.Tensor, gallery: torch.Tensor, top: int) -> torch.Tensor:
+    """(Q, top) int64 gallery indices of each query's `top` best items, best first.
+
+    `query` and `gallery` are float32 unit rows on one device; 1 <= top <= min(LARGEST_K, N).
+    """
+    return _indices_of(_best_keys(query, gallery, top))
+
+
+def topk(query: torch.Tensor, gallery: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, indices), each (Q, top), of each query's `top` best items, best first: the kernel's
+    float32 scores (a -0.0 comes back as 0.0, its equal) and int64 gallery indices.
+
+    `query` and `gallery` are float32 unit rows on one device; 1 <= top <= min(LARGEST_K, N).
+    """
+    keys = _best_keys(query, gallery, top)
+    return _scores_of(keys), _indices_of(keys)

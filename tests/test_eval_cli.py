@@ -203,3 +203,66 @@ def test_eval_of_a_runs_files_reproduces_its_metrics_bit_for_bit(mfeat, tiny_con
         assert np.array_equal(features, model.result.rsc[k].test_embeddings)
     again = evaluate_directions([torch.as_tensor(x) for x, _ in files], [y for _, y in files], mfeat.modalities)
     assert again.directions == run["map_all"]["directions"] and again.mean == run["map_all"]["mean"]
+
+
+# ---------------------------------------------------------------- --metrics (drcl_fast/retrieval/metrics.py)
+
+def write_npz(folder, mods, names):
+    paths = []
+    for name, (x, y) in zip(names, mods):
+        paths.append(str(folder / f"{name}.npz"))
+        np.savez(paths[-1], embeddings=x, labels=y)
+    return paths
+
+
+def test_metrics_flag_prints_and_saves_every_metric(tmp_path, capsys):
+    from drcl_fast.retrieval.metrics import evaluate_metrics
+    names = ["img", "txt", "aud"]
+    mods = modalities(4, multilabel=True, sizes=(30, 30, 30))   # paired: the same row count everywhere
+    asked = ["map@all", "map@5", "p@5", "r@5", "ndcg@5", "ir@1", "rsum"]
+    argv = ["eval", "--files", *write_npz(tmp_path, mods, names), "--names", *names, "--metrics", *asked,
+            "--backend", "torch", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    expected = evaluate_metrics([x for x, _ in mods], [y for _, y in mods], names, asked, backend="torch")
+    prefixes = ["test resutls@all:", "test resutls@5:", "P@5:", "R@5:", "NDCG@5:", "IR@1:", "rsum:"]
+    for prefix, result in zip(prefixes, expected.values()):
+        detail = "".join(f"{v:.5f}," for v in result.directions.values())
+        line = f"{prefix} - mean: {result.mean:.5f} - detail:{detail}"
+        assert printed.count(line + "\n") == 1, (line, printed)
+    titles = [line.split("  (mean")[0] for line in printed.splitlines() if "  (mean " in line]
+    assert titles == ["MAP@all", "MAP@5", "P@5", "R@5", "NDCG@5", "IR@1", "rsum"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(metrics) == ["map_all", "map_5", "precision_5", "recall_5", "ndcg_5", "instance_recall_1", "rsum"]
+    for key, result in zip(metrics, expected.values()):
+        assert metrics[key] == {"mean": result.mean, "directions": result.directions}
+    # MAP keeps the schema and values it has without --metrics.
+    assert metrics["map_all"]["directions"] == evaluate_directions(
+        [x for x, _ in mods], [y for _, y in mods], names, backend="torch").directions
+    assert main(argv + ["--overwrite", "--quiet"]) == 0
+    assert [line.split(" - mean")[0] for line in capsys.readouterr().out.splitlines()] == prefixes
+
+
+def test_k_is_short_for_map_metrics(tmp_path, capsys):
+    files = write_npz(tmp_path, modalities(5, multilabel=False, sizes=(20, 20)), ["a", "b"])
+    out = tmp_path / "run"
+    assert main(["eval", "--files", *files, "--k", "5", "all", "--metrics", "map@all", "p@3", "map@5",
+                 "--out", str(out), "--quiet"]) == 0
+    assert list(json.loads((out / "metrics.json").read_text())) == ["map_all", "precision_3", "map_5"]
+    capsys.readouterr()
+    assert "--k 5 asks for map@5 but --metrics asks for no MAP" in fails_with(
+        ["eval", "--files", *files, "--k", "5", "--metrics", "p@5"], capsys)
+    assert "--k all asks for map@all but --metrics asks for map@50" in fails_with(
+        ["eval", "--files", *files, "--k", "all", "--metrics", "map@50"], capsys)
+
+
+def test_metrics_flag_errors(tmp_path, capsys):
+    files = write_npz(tmp_path, modalities(6, multilabel=False, sizes=(20, 12)), ["a", "b"])
+    err = fails_with(["eval", "--files", *files, "--metrics", "map@all", "p@all"], capsys)
+    assert "unknown metric 'p@all'" in err and "map@all, map@K, p@K, r@K, ndcg@K, ir@K, rsum" in err
+    assert "needs paired data" in fails_with(["eval", "--files", *files, "--metrics", "rsum"], capsys)
+    assert "(0 20, 1 12)" in fails_with(["eval", "--files", *files, "--metrics", "map@all", "ir@1"], capsys)
+    assert "direction 0->1: P@15 needs at least 15 gallery items, the gallery has 12" in fails_with(
+        ["eval", "--files", *files, "--metrics", "p@15"], capsys)
+    assert "cannot be combined with --shard_gallery" in fails_with(
+        ["eval", "--files", *files, "--metrics", "p@5", "--shard_gallery"], capsys)

@@ -1,7 +1,9 @@
-"""Cross-modal retrieval evaluation: MAP@k of cosine ranking, per direction.
+"""Cross-modal retrieval evaluation: MAP@k of cosine ranking, per direction, the other metrics, top-k search.
 
 `evaluate_map` scores one (query, gallery) pair; `evaluate_directions` scores
-all K(K-1) ordered pairs of K modalities, as the DRCL paper reports them.
+all K(K-1) ordered pairs of K modalities, as the DRCL paper reports them;
+`evaluate_metrics` any of the metrics of metrics.py (P@K, R@K, NDCG@K, instance R@K,
+rsum) the same way; `topk` is the exact search in the evaluator's order (nearest.py).
 """
 from __future__ import annotations
 
@@ -15,9 +17,15 @@ from drcl_fast.errors import ConfigError, DRCLError
 from drcl_fast.retrieval import dispatch, reference
 from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
 from drcl_fast.retrieval.sharded import shard_slice, sharded_average_precisions
+from drcl_fast.retrieval.metrics import (MetricSpec, check_modalities, evaluate_metrics, instance_ranks,
+                                         instance_recall_at_k, mean_counted, ndcg_at_k, parse_metric, parse_metrics,
+                                         precision_at_k, recall_at_k, rsum)
+from drcl_fast.retrieval.nearest import topk
 
-__all__ = ["evaluate_map", "evaluate_directions", "sharded_average_precisions", "shard_slice", "DirectionResult",
-           "result_line", "format_table", "metrics_dict"]
+__all__ = ["evaluate_map", "evaluate_directions", "evaluate_metrics", "precision_at_k", "recall_at_k", "ndcg_at_k",
+           "instance_recall_at_k", "instance_ranks", "rsum", "parse_metric", "parse_metrics", "MetricSpec", "topk",
+           "sharded_average_precisions", "shard_slice", "DirectionResult", "result_line", "format_table",
+           "metrics_dict"]
 
 
 def evaluate_map(query: Any, query_labels: Any, gallery: Any, gallery_labels: Any,
@@ -47,8 +55,7 @@ def evaluate_map(query: Any, query_labels: Any, gallery: Any, gallery_labels: An
         q, yq, g, yg = reference.check_inputs(query, query_labels, gallery, gallery_labels, k)
         impl = dispatch.average_precisions(backend, q.device)
         ap = impl(q, yq, g, yg, k=k, **dispatch.memory_budget(max_memory))
-    counted = ap[~torch.isnan(ap)]
-    value = float(counted.mean()) if counted.numel() else 0.0
+    value = mean_counted(ap)
     return (value, ap) if return_ap else value
 
 
@@ -61,14 +68,8 @@ def evaluate_directions(embeddings: Sequence[Any], labels: Sequence[Any], names:
     `group` and `shard_gallery` as for `evaluate_map`, with every rank passing every
     modality whole: with `shard_gallery` each rank ranks only its `shard_slice` of each gallery.
     """
+    check_modalities(embeddings, labels, names)
     count = len(embeddings)
-    if len(labels) != count or len(names) != count:
-        raise ValueError(f"got {count} embeddings, {len(labels)} label arrays and {len(names)} names; "
-                         f"pass one of each per modality")
-    if count < 2:
-        raise ValueError(f"cross-modal retrieval needs at least 2 modalities, got {count}")
-    if len(set(names)) != count:
-        raise ValueError(f"modality names must be distinct, got {list(names)}")
     pairs = [(i, j) for i in range(count) for j in range(count) if i != j]
     matrix = np.full((count, count), np.nan)
     directions = {}

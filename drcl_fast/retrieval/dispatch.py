@@ -1,7 +1,8 @@
 """Which implementation ranks: the reference, the C++ extension or the Triton kernels.
 
-Every implementation takes (query, query_labels, gallery, gallery_labels, ...,
-max_memory=) and returns the reference's result exactly; a backend that is not
+Every evaluator takes (query, query_labels, gallery, gallery_labels, ...,
+max_memory=), every top-k search (queries, gallery, k, max_memory=) on checked
+tensors, and each returns the reference's result exactly; a backend that is not
 usable in this process is registered as None, so "auto" falls back and says so once.
 The Triton functions are handed out only after their probes below pass
 (``drcl_fast.selfcheck``): tiny rankings compared exactly with the reference's.
@@ -32,6 +33,17 @@ def average_precisions(backend: str, device: torch.device) -> Callable:
 def hits_at(backend: str, device: torch.device) -> Callable:
     """Relevant items above rank cutoffs: f(query, query_labels, gallery, gallery_labels, cutoffs, [max_memory=])."""
     return choose("precision_recall", backend, device, _impls("hits_at"))
+
+
+def topk(backend: str, device: torch.device) -> Callable:
+    """Exact top-k search: f(q, g, k, [max_memory=]) on checked tensors -> (scores, indices)."""
+    return choose("topk", backend, device, _search_impls())
+
+
+def _search_impls() -> dict[str, Callable | None]:
+    # Imported here: nearest.py looks its backends up through this module.
+    from drcl_fast.retrieval.nearest import search_backends
+    return search_backends()
 
 
 def memory_budget(max_memory: int | None) -> dict[str, int]:
@@ -75,5 +87,15 @@ def _probe_hits_at(device: torch.device):
     return fast_impl(*args, [1, 4, 7]), ref_impl(*args, [1, 4, 7]), 0.0
 
 
+def _probe_topk(device: torch.device):
+    fast_impl, ref_impl = _search_impls()["triton"], _search_impls()["torch"]
+    g = torch.Generator().manual_seed(204)
+    q, gallery = _exact_rows(g, 3).to(device), _exact_rows(g, 21).to(device)
+    # k = 5: the fused kernel over two gallery slices; its keys carry the scores, compared too.
+    fast, ref = fast_impl(q, gallery, 5), ref_impl(q, gallery, 5)
+    return {"scores": fast[0], "indices": fast[1]}, {"scores": ref[0], "indices": ref[1]}, 0.0
+
+
 selfcheck.register("evaluate_map", _probe_average_precisions)
 selfcheck.register("precision_recall", _probe_hits_at)
+selfcheck.register("topk", _probe_topk)

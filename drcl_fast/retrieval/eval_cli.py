@@ -1,7 +1,8 @@
-"""`drcl-fast eval`: MAP of saved embeddings, every direction, as training reports it.
+"""`drcl-fast eval`: MAP of saved embeddings, every direction, as training reports it, and other metrics.
 
     drcl-fast eval --features_dir features --datasets wiki          # wiki_0.mat, wiki_1.mat, ...
     drcl-fast eval --files img.npz txt.pt --names image text --out runs/x --pr_plot runs/x/pr.png
+    drcl-fast eval --files img.npz txt.npz --metrics map@all p@10 ndcg@10 rsum   # metrics.py's names
     torchrun --nproc_per_node 2 -m drcl_fast eval --files img.npz txt.pt --shard_gallery   # over 2 ranks
 
 Files hold one modality's test embeddings and labels: the released
@@ -26,6 +27,8 @@ from drcl_fast.data.generic import ArrayFile
 from drcl_fast.errors import ConfigError, DataError
 from drcl_fast.outputs import metrics_path, refuse_overwrite, save_json
 from drcl_fast.retrieval import evaluate_directions
+from drcl_fast.retrieval.metrics import (DEFAULT_METRICS, METRIC_FORMS, MetricSpec, check_paired, evaluate_metrics,
+                                         parse_metrics)
 from drcl_fast.retrieval.pr import plot_curves, precision_recall, save_curves_csv
 from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
 
@@ -47,8 +50,12 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--names", nargs="+", metavar="NAME",
                         help="modality names for the directions (default: the dataset's, else 0, 1, ...)")
     run = parser.add_argument_group("evaluation")
-    run.add_argument("--k", nargs="+", default=["all", "50"], metavar="K",
-                     help="MAP cutoffs: 'all' and/or positive ints (default: all 50)")
+    run.add_argument("--k", nargs="+", default=None, metavar="K",
+                     help="MAP cutoffs: 'all' and/or positive ints (default: all 50); short for "
+                          "--metrics map@K ...")
+    run.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
+                     help=f"what to report, each for every direction: {METRIC_FORMS}; ir@K and rsum need "
+                          f"paired files (docs/metrics.md) (default: {' '.join(DEFAULT_METRICS)})")
     run.add_argument("--backend", **backends.flag_options())
     run.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     run.add_argument("--shard_gallery", "--shard-gallery", action="store_true",
@@ -175,6 +182,20 @@ def parse_cutoffs(values: list[str]) -> list[int | None]:
     return cutoffs
 
 
+def requested_metrics(k_values: list[str] | None, metric_names: list[str] | None) -> list[MetricSpec]:
+    """The metrics --metrics names; --k K is short for --metrics map@K (both given: they must agree on MAP)."""
+    from_k = [MetricSpec("map", k) for k in parse_cutoffs(k_values)] if k_values else None
+    if metric_names is None:
+        return from_k or parse_metrics(DEFAULT_METRICS)
+    specs = parse_metrics(metric_names)
+    if from_k is not None and set(from_k) != {spec for spec in specs if spec.kind == "map"}:
+        shown = " ".join(spec.name for spec in specs if spec.kind == "map") or "no MAP"
+        raise ConfigError(f"--k {' '.join(k_values)} asks for {' '.join(s.name for s in from_k)} but --metrics "
+                          f"asks for {shown}; --k K is short for --metrics map@K, so name the MAP cutoffs "
+                          f"in --metrics alone")
+    return specs
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,11 +219,16 @@ def _run_eval(args: argparse.Namespace, group: str | None) -> int:
         raise ConfigError("--pr_plot cannot be combined with --shard_gallery: precision-recall curves need each "
                           "gallery whole on one rank. Drop --shard_gallery (rank 0 then draws the curves), or "
                           "draw them in a separate run")
+    specs = requested_metrics(args.k, args.metrics)
+    others = [spec for spec in specs if spec.kind != "map"]   # computed whole, on rank 0
+    if args.shard_gallery and others:
+        raise ConfigError(f"--metrics {' '.join(s.name for s in others)} cannot be combined with --shard_gallery: "
+                          f"only MAP is computed over gallery slices. Drop --shard_gallery (rank 0 then computes "
+                          f"them), or compute them in a separate run")
     reports = distributed.is_main()  # rank 0, or a process on its own
     dataset = args.datasets or (None if args.files else "wiki")
     paths = [Path(p) for p in args.files] if args.files else discover(Path(args.features_dir), dataset)
     names = modality_names(dataset, len(paths), args.names)
-    cutoffs = parse_cutoffs(args.k)
     device = pick_device(distributed.rank_device(args.device))
     outputs = [metrics_path(args.out)] if args.out else []
     if args.pr_plot:
@@ -213,14 +239,23 @@ def _run_eval(args: argparse.Namespace, group: str | None) -> int:
     loaded = [load_embeddings(p) for p in paths]
     embeddings = [torch.as_tensor(features).to(device) for features, _ in loaded]
     labels = [labels for _, labels in loaded]
-    results: list[DirectionResult] = [
-        evaluate_directions(embeddings, labels, names, k=k, backend=args.backend, progress=reports and not args.quiet,
-                            group=group, shard_gallery=args.shard_gallery and group is not None)
-        for k in cutoffs]
+    if any(spec.instance for spec in specs):   # before any ranking: unpaired files cannot give these
+        check_paired(embeddings, names)
+    progress = reports and not args.quiet
+    # Every rank takes part in MAP's collectives; the other metrics have no sharded form.
+    found = {spec.name: evaluate_directions(embeddings, labels, names, k=spec.k, backend=args.backend,
+                                            progress=progress, group=group,
+                                            shard_gallery=args.shard_gallery and group is not None)
+             for spec in specs if spec.kind == "map"}
     if not reports:
         return 0
-    for result in results:
-        print(f"test resutls@{result.k or 'all'}:" + result_line(result))
+    if others:
+        found.update(evaluate_metrics(embeddings, labels, names, others, backend=args.backend, progress=progress))
+    results: list[DirectionResult] = [found[spec.name] for spec in specs]
+    for spec, result in zip(specs, results):
+        # MAP in the released code's words; the others in the same form after their names.
+        prefix = f"test resutls@{result.k or 'all'}:" if spec.kind == "map" else f"{spec.title}:"
+        print(prefix + result_line(result))
     if not args.quiet:
         print(format_table(results))
     if args.out:
