@@ -18,7 +18,7 @@ from drcl_fast.data.synthetic import make_retrieval_set
 from drcl_fast.retrieval import reference
 from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.kernels import map_topk
-from gpu_timing import peak_bytes, timed
+from gpu_timing import peak_bytes, run_steps, timed
 from map_precision import compare
 
 SECTION = "gpu_map"
@@ -144,9 +144,4 @@ def compiled_reference(args: tuple, k: int | None) -> Callable[[], torch.Tensor]
 
 
 def run(suite) -> None:
-    # A GPU run is one costly call: a step that fails is reported, and the others still run.
-    for step in (check_exact, reorderings, timings):
-        try:
-            step(suite)
-        except Exception as error:  # noqa: BLE001 - reported in the table, with its type and message
-            suite.add(SECTION, step.__name__, "FAIL", f"{type(error).__name__}: {error}"[:300].replace("|", "/"))
+    run_steps(suite, SECTION, (check_exact, reorderings, timings))

@@ -16,7 +16,7 @@ import torch
 
 from drcl_fast.retrieval import reference, topk
 from gpu_map import exact_rows, peak_beyond
-from gpu_timing import timed
+from gpu_timing import run_steps, timed
 
 SECTION = "gpu_search"
 CHUNK = 250  # queries per product chunk of the baselines
@@ -86,9 +86,4 @@ def timings(suite) -> None:
 
 
 def run(suite) -> None:
-    # A GPU run is one costly call: a step that fails is reported, and the others still run.
-    for step in (check_exact, reorderings, timings):
-        try:
-            step(suite)
-        except Exception as error:  # noqa: BLE001 - reported in the table, with its type and message
-            suite.add(SECTION, step.__name__, "FAIL", f"{type(error).__name__}: {error}"[:300].replace("|", "/"))
+    run_steps(suite, SECTION, (check_exact, reorderings, timings))

@@ -1,4 +1,4 @@
-"""Timing and memory helpers shared by the GPU suite's sections (bench/gpu_map.py, bench/gpu_train.py)."""
+"""Timing, memory and step helpers shared by the GPU suite's sections (bench/gpu_map.py, gpu_train.py, gpu_search.py)."""
 from __future__ import annotations
 
 import statistics
@@ -39,3 +39,13 @@ def peak_bytes(fn: Callable[[], Any], device: str) -> int | None:
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - before
+
+
+def run_steps(suite: Any, section: str, steps: tuple[Callable[[Any], None], ...]) -> None:
+    """Each step of a section in turn. A GPU run is one costly call: a step that fails is reported in
+    the table, with its type and message, and the others still run."""
+    for step in steps:
+        try:
+            step(suite)
+        except Exception as error:  # noqa: BLE001 - reported in the table
+            suite.add(section, step.__name__, "FAIL", f"{type(error).__name__}: {error}"[:300].replace("|", "/"))

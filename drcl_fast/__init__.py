@@ -62,6 +62,8 @@ _PUBLIC = {
     "evaluate_map": "drcl_fast.retrieval",
     "evaluate_directions": "drcl_fast.retrieval",
     "load_dataset": "drcl_fast.data",
+    "load_model": "drcl_fast.serving",
+    "TrainedModel": "drcl_fast.serving",
 }
 
 __all__ = sorted(_PUBLIC) + ["ops"]

@@ -1,14 +1,20 @@
-"""The modern API: `DRCL(config).fit(data)`, then `.encode(modality, x)` and the results."""
+"""The modern API: `DRCL(config).fit(data)`, then `.encode(modality, x)`, `.search(...)`, `.save(path)` and the
+results; `DRCL.load(path)` (or `drcl_fast.load_model`) in any other process."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
 
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import MultiModalData, load_dataset
-from drcl_fast.model import Encoder, encoder_from_state
 from drcl_fast.retrieval.report import DirectionResult
+from drcl_fast.serving.model_folder import TrainedModel, load_model
 from drcl_fast.trainer import FitResult, fit
+
+ArrayLike = Union[np.ndarray, torch.Tensor, list]
 
 
 class DRCL:
@@ -25,7 +31,7 @@ class DRCL:
         self._overrides = overrides
         self.config: DRCLConfig | None = config.replace(**overrides) if config is not None and overrides else config
         self.result: FitResult | None = None
-        self._encoders: dict[int, Encoder] = {}
+        self._model: TrainedModel | None = None
 
     def fit(self, data: MultiModalData | str, progress: bool | None = None) -> "DRCL":
         """Train on `data` and write the released files under `config.out`.
@@ -44,8 +50,33 @@ class DRCL:
         if isinstance(data, str):
             data = load_dataset(data, self.config.data_root, self.config.data_path, path_option="data_path=FILE")
         self.result = fit(data, self.config, progress=not self.config.quiet if progress is None else progress)
-        self._encoders = {k: encoder_from_state(rsc.encoder_state).eval() for k, rsc in self.result.rsc.items()}
+        self._model = self.result.model
         return self
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "DRCL":
+        """A DRCL that encodes and searches with a saved model folder (`--out/model`, or `save`'s).
+
+        Its `config` is the run's; `result` (losses, SPL scores) stays None: only the model is saved.
+
+        Raises:
+            ModelError: the folder is missing, damaged or of a newer format.
+        """
+        model = load_model(path, device)
+        loaded = cls(DRCLConfig(**{k: v for k, v in model.config.items() if k in DRCLConfig.__dataclass_fields__}))
+        loaded._model = model
+        return loaded
+
+    @property
+    def model(self) -> TrainedModel:
+        """The trained encoders, prior and preprocessing (what `--out/model/` holds)."""
+        if self._model is None:
+            raise RuntimeError("call .fit(data) or DRCL.load(path) first")
+        return self._model
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model folder (safetensors weights and a JSON manifest) to `path`; returns it."""
+        return self.model.save(path)
 
     @property
     def metrics(self) -> list[DirectionResult]:
@@ -61,20 +92,19 @@ class DRCL:
         """SPL's quality score S_k(e) per modality and sampled epoch."""
         return {r.modality: dict(r.scores) for r in self._fitted().spl}
 
-    @torch.no_grad()
-    def encode(self, modality: int | str, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Unit-norm embeddings of `x` by the selected encoder of `modality` (index or name).
+    def encode(self, modality: int | str, x: ArrayLike, preprocessed: bool = False) -> torch.Tensor:
+        """Unit-norm embeddings of rows `x` by the selected encoder of `modality` (index or name).
 
-        `x` must be preprocessed as the training features were (the bundled mfeat
-        data is standardised at load time).
+        Rows are taken as the user has them: where the loader standardised the data (the bundled
+        mfeat), the run's statistics are applied first; `preprocessed=True` for rows already as
+        `load_dataset` returns them. See `TrainedModel.encode`.
         """
-        names = self._fitted().modalities
-        k = names.index(modality) if modality in names else modality
-        if k not in self._encoders:
-            raise KeyError(f"modality {modality!r} was not trained in this run (trained: "
-                           f"{[names[i] for i in self._encoders]})")
-        x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)
-        return self._encoders[k](x)
+        return self.model.encode(modality, x, preprocessed)
+
+    def search(self, queries: ArrayLike, query_modality: int | str, gallery: ArrayLike,
+               gallery_modality: int | str | None = None, k: int = 10, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, indices) of the `k` nearest gallery items per query, best first: `TrainedModel.search`."""
+        return self.model.search(queries, query_modality, gallery, gallery_modality, k, **options)
 
     def _fitted(self) -> FitResult:
         if self.result is None:

@@ -1,14 +1,42 @@
-"""`drcl-fast train ...`, `eval ...`, `sweep ...` and `ablate ...` (also `python -m drcl_fast ...`)."""
+"""`drcl-fast train ...`, `eval`, `sweep`, `ablate`, `index`, `search` and `export` (also `python -m drcl_fast ...`)."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Callable
 
 from drcl_fast.argparsing import Parser
 from drcl_fast.flags import add_train_flags
 from drcl_fast.retrieval.eval_cli import add_eval_flags, run_eval
+from drcl_fast.serving.commands import add_index_flags, add_search_flags
+from drcl_fast.serving.export import add_export_flags
 from drcl_fast.studies.flags import add_ablate_flags, add_sweep_flags
+
+
+# Each command: its one-line help, its --help description, and what adds its flags.
+COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("train DRCL and evaluate MAP (the released main.py)",
+              "Train DRCL on a dataset: SPL, RSC per modality, MAP@all and MAP@50.", add_train_flags),
+    "eval": ("MAP and the other retrieval metrics (P@K, R@K, NDCG@K, ...) of saved embeddings",
+             "Evaluate saved test embeddings in every direction: MAP@all and MAP@50, or the metrics --metrics names.",
+             add_eval_flags),
+    "sweep": ("train an alpha x beta grid, or each modality's prior (paper Fig. 3)",
+              "The sensitivity study: every point is the train run with its alpha and beta (SPL once), or with "
+              "--prior each, with each modality's prior and W0.", add_sweep_flags),
+    "ablate": ("DRCL without SPL, without MRR, without FA, over seeds",
+               "The ablations: the full train run and its variants without SPL (W0), without MRR (alpha = beta = 0) "
+               "and without FA (gamma = 1).", add_ablate_flags),
+    "index": ("encode a gallery once with a trained model, for drcl-fast search",
+              "Encode gallery rows of one modality with a model folder and write an index: embeddings, ids and the "
+              "model's fingerprint.", add_index_flags),
+    "search": ("each query's k nearest gallery items (CSV or JSON lines)",
+               "Encode query rows with the model that made the index and write, per query, the k nearest gallery "
+               "items: rank, id and cosine score.", add_search_flags),
+    "export": ("an encoder as a .pt2 or .onnx file, for serving without drcl_fast",
+               "Write one modality's encoder (with its preprocessing) as a torch.export .pt2 or an ONNX file, then "
+               "check it against the model on random rows.", add_export_flags),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,20 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="drcl-fast", description="Deep Reversible Consistency Learning for cross-modal retrieval")
     parser.add_argument("--version", action="version", version=f"drcl-fast {drcl_fast.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="train DRCL and evaluate MAP (the released main.py)",
-                                description="Train DRCL on a dataset: SPL, RSC per modality, MAP@all and MAP@50.")
-    add_train_flags(train)
-    evaluate = commands.add_parser("eval", help="MAP (and precision-recall) of saved embeddings",
-                                   description="Evaluate saved test embeddings: every direction, MAP@all and MAP@50.")
-    add_eval_flags(evaluate)
-    sweep = commands.add_parser("sweep", help="train an alpha x beta grid, or each modality's prior (paper Fig. 3)",
-                                description="The sensitivity study: every point is the train run with its alpha and "
-                                            "beta (SPL once), or with --prior each, with each modality's prior and W0.")
-    add_sweep_flags(sweep)
-    ablate = commands.add_parser("ablate", help="DRCL without SPL, without MRR, without FA, over seeds",
-                                 description="The ablations: the full train run and its variants without SPL "
-                                             "(W0), without MRR (alpha = beta = 0) and without FA (gamma = 1).")
-    add_ablate_flags(ablate)
+    for name, (summary, description, add_flags) in COMMANDS.items():
+        add_flags(commands.add_parser(name, help=summary, description=description))
     return parser
 
 
@@ -65,6 +81,18 @@ def run_study(args: argparse.Namespace) -> int:
     return run_ablate(args)
 
 
+def run_serving(args: argparse.Namespace) -> int:
+    """`index`, `search` (drcl_fast/serving/commands.py) or `export` (drcl_fast/serving/export.py)."""
+    from drcl_fast.serving import commands, export
+    return {"index": commands.run_index, "search": commands.run_search, "export": export.run_export}[args.command](args)
+
+
+# What a command is doing when a signal stops it outside training, for its one line.
+STAGES = {"eval": "evaluation", "index": "indexing", "search": "search", "export": "export"}
+RUNS = {"eval": run_eval, "sweep": run_study, "ablate": run_study, "index": run_serving, "search": run_serving,
+        "export": run_serving}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -73,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     where = f" (rank {distributed.launched_rank()})" if distributed.launched_by_torchrun() else ""
     # SIGINT and SIGTERM stop the command at the units' next step, checkpoints saved (drcl_fast/interrupt.py);
     # the handlers are put back after.
-    with interrupt.on_signals(), interrupt.stage("evaluation" if args.command == "eval" else "start-up"):
+    with interrupt.on_signals(), interrupt.stage(STAGES.get(args.command, "start-up")):
         try:
-            run = {"eval": run_eval, "sweep": run_study, "ablate": run_study}.get(args.command, run_train)
-            return run(args)
+            return RUNS.get(args.command, run_train)(args)
         except interrupt.Interrupted as stop:
             # Stopped on request: one line (what stopped, how to continue), no traceback; 130 or 143.
             sys.stderr.write(f"drcl-fast {args.command}{where}: {stop}\n")

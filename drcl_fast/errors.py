@@ -35,6 +35,10 @@ class CheckpointError(DRCLError, RuntimeError):
     """A checkpoint cannot be read, or belongs to a run with other arguments."""
 
 
+class ModelError(DRCLError, ValueError):
+    """A saved model or gallery index is missing, damaged, of a newer format, or belongs to another model."""
+
+
 class NonFiniteLossError(DRCLError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 

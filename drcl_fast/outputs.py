@@ -6,6 +6,7 @@ Layout under the output directory `out`:
   features/{dataset}_{k}.mat         test_fea, test_lab, test_pred of modality k
   metrics.json                       MAP@all and MAP@50, every direction and the mean
   lr_search.json                     with --lr auto: each searched modality's candidates and choice
+  model/                             the trained model (drcl_fast/serving/model_folder.py, written there)
 """
 from __future__ import annotations
 

@@ -67,6 +67,10 @@ def output_lines(out: str | Path, dataset: str, result) -> list[str]:
         rows.append((outputs.metrics_path(out), "MAP@all and MAP@50 of every direction"))
     if result.lr_search:
         rows.append((outputs.lr_search_path(out), "what --lr auto tried and chose, per modality"))
+    if result.model is not None:
+        count = len(result.model.encoders)
+        rows.append((out / "model", f"the trained model ({count} encoder{'' if count == 1 else 's'} and the prior): "
+                                    f"drcl_fast.load_model, drcl-fast index / search / export"))
     names = [f"{path}{'/' if path.suffix == '' else ''}" for path, _ in rows]
     width = max(len(name) for name in names)
     return ["outputs:"] + [f"  {name:<{width}}  {what}" for name, (_, what) in zip(names, rows)]

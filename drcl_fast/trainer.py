@@ -22,6 +22,8 @@ from drcl_fast.modality import ModalityData
 from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
 from drcl_fast.rsc import RSCResult, RSCSettings, reselect_on, train_rsc
+from drcl_fast.serving.model_folder import TrainedModel
+from drcl_fast.serving.of_run import planned_model_files, save_run_model
 from drcl_fast.spl import SPLResult, initial_prior, learn_prior, select_prior
 from drcl_fast.units import Unit, plan, plan_lines, run_concurrently, units_at_once
 
@@ -45,6 +47,7 @@ class FitResult:
     train_flops: int = 0                         # the encoder products of the units this call trained
     floor: Floor | None = None                   # their time against the machine's matrix rate (floor.py)
     lr_search: dict[int, dict] = field(default_factory=dict)  # --lr auto: per modality, what the search found
+    model: TrainedModel | None = None            # what --out/model/ holds (on the main rank)
 
 
 def output_dim(cfg: DRCLConfig, data: MultiModalData) -> int:
@@ -57,7 +60,7 @@ def planned_outputs(cfg: DRCLConfig, data: MultiModalData, views: list[int]) -> 
     if cfg.prior == "spl":
         paths.append(outputs.prior_path(cfg.out, cfg.datasets, d, c))
         paths += [outputs.prior_path(cfg.out, cfg.datasets, d, c, k) for k in range(data.num_modalities)]
-    return paths + [outputs.metrics_path(cfg.out)]
+    return paths + [outputs.metrics_path(cfg.out)] + planned_model_files(cfg, data, views)
 
 
 def rsc_settings(cfg: DRCLConfig, lr: float | str) -> RSCSettings:
@@ -157,6 +160,8 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
         with interrupt.stage("evaluation"):
             result.metrics = evaluate_saved(cfg, data, views, result, device, run.progress)
         result.phase_seconds["evaluation"] = time.perf_counter() - evaluation
+        rates = {k: result.lr_search[k]["chosen"] if k in result.lr_search else lrs[k] for k in result.rsc}
+        result.model = save_run_model(cfg, data, result, rates)
     distributed.wait_for_all("outputs written")
     checkpointer.remove()  # the run is complete: its outputs hold everything
     return result

@@ -29,9 +29,9 @@ TRAIN = ["train", "--datasets", "mfeat", "--epochs", str(EPOCHS), "--hidden_shap
 
 
 def output_files(out: Path) -> dict[str, bytes]:
-    """Every file a run leaves for its user (the released layout and metrics.json), by path."""
+    """Every file a run leaves for its user (the released layout, metrics.json and the model folder), by path."""
     files = [*sorted((out / "PriorW").glob("*.mat")), *sorted((out / "features").glob("*.mat")),
-             out / "metrics.json"]
+             out / "metrics.json", out / "model" / "manifest.json", out / "model" / "weights.safetensors"]
     return {str(p.relative_to(out)): p.read_bytes() for p in files if p.is_file()}
 
 
@@ -41,7 +41,7 @@ def single_process(tmp_path_factory) -> dict[str, bytes]:
     subprocess.run([sys.executable, "-m", "drcl_fast", *TRAIN, "--out", str(out)], cwd=REPO, check=True,
                    capture_output=True, env=torchrun_env(), timeout=300)
     files = output_files(out)
-    assert len(files) == 7 + 6 + 1
+    assert len(files) == 7 + 6 + 1 + 2
     return files
 
 

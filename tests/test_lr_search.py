@@ -47,6 +47,10 @@ def test_the_chosen_rate_trains_exactly_as_a_plain_run_at_that_rate(mfeat, auto_
         np.testing.assert_array_equal(searched.rsc[k].test_embeddings, plain.rsc[k].test_embeddings)
         assert searched.rsc[k].test_embeddings.shape[0] == mfeat.test.features[k].shape[0]
     assert searched.metrics[0].directions == plain.metrics[0].directions
+    weights = "model/weights.safetensors"   # the searched run writes the plain run's model, and its rates
+    assert (tmp_path / "auto" / weights).read_bytes() == (tmp_path / "plain" / weights).read_bytes()
+    assert [e["lr"] for e in json.loads((tmp_path / "auto" / "model" / "manifest.json").read_text())["encoders"]] \
+        == plain_rates
     saved = json.loads((tmp_path / "auto" / "lr_search.json").read_text())
     assert sorted(saved) == ["fac", "mor"]
     fac = saved["fac"]

@@ -208,7 +208,7 @@ sys.exit(main(argv))
 
 @pytest.fixture
 def wrapper_bin(tmp_path) -> Path:
-    """A folder holding `drcl-fast`: the command at a small size (WRAPPER)."""
+    """A folder holding `drcl-fast` (the command at a small size: WRAPPER) and `python`."""
     folder = tmp_path / "bin"
     folder.mkdir()
     script = folder / "drcl_fast_small.py"
@@ -216,6 +216,10 @@ def wrapper_bin(tmp_path) -> Path:
     wrapper = folder / "drcl-fast"
     wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(script))} "$@"\n')
     wrapper.chmod(0o755)
+    # The README's `python` is the environment's, where the package is installed (as for `drcl-fast`).
+    python = folder / "python"
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
     return folder
 
 

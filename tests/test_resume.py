@@ -150,5 +150,7 @@ def test_units_interrupted_at_once_resume_where_each_left_off(mfeat, tiny_config
     resumed = fit(mfeat, cfg.replace(resume=True), progress=False)
     plain = fit(mfeat, cfg.replace(out=str(Path(cfg.out).parent / "plain"), checkpoint_every=0), progress=False)
     assert resumed.metrics[0].directions == plain.metrics[0].directions
+    weights = Path("model") / "weights.safetensors"   # the resumed run writes the uninterrupted run's model
+    assert (Path(cfg.out) / weights).read_bytes() == (Path(cfg.out).parent / "plain" / weights).read_bytes()
     for k in plain.rsc:
         np.testing.assert_array_equal(resumed.rsc[k].test_embeddings, plain.rsc[k].test_embeddings)

@@ -16,8 +16,10 @@ def test_the_run_says_where_each_output_went_and_leaves_no_empty_checkpoints_fol
     printed = captured.out.splitlines()
     summary = printed[printed.index("outputs:"):]
     where = {line.split()[0]: line.split(None, 1)[1] for line in summary[1:]}
-    assert list(where) == [f"{out}/PriorW/", f"{out}/features/", f"{out}/logging/mfeat.log", f"{out}/metrics.json"]
+    assert list(where) == [f"{out}/PriorW/", f"{out}/features/", f"{out}/logging/mfeat.log", f"{out}/metrics.json",
+                         f"{out}/model/"]
     assert "7 files" in where[f"{out}/PriorW/"] and "6 modalities" in where[f"{out}/features/"]
+    assert "6 encoders" in where[f"{out}/model/"]
     for path in where:
         assert (out / path[len(str(out)) + 1:]).exists(), path
     # Checkpoints were written every epoch; the finished run removed them, and their folder.
@@ -35,7 +37,8 @@ def test_a_view_run_lists_what_it_wrote_and_keeps_a_folder_with_other_files(tmp_
     assert main([*TINY, "--out", str(out), "--view_id", "1", "--prior", "w0"]) == 0
     printed = capsys.readouterr().out.splitlines()
     summary = printed[printed.index("outputs:"):]
-    assert [line.split()[0] for line in summary[1:]] == [f"{out}/features/", f"{out}/logging/mfeat.log"]
+    assert [line.split()[0] for line in summary[1:]] == [f"{out}/features/", f"{out}/logging/mfeat.log",
+                                                         f"{out}/model/"]
     assert "(1 modality;" in summary[1]
     assert keep.is_file() and list(keep.parent.iterdir()) == [keep]
 

@@ -123,6 +123,9 @@ def test_a_grid_point_is_the_train_run_with_its_alpha_beta_and_the_sweeps_prior(
         assert main(["train", *TINY, "--alpha", "0.1", "--beta", "1", "--prior", prior_flag,
                      "--out", str(tmp_path / name)]) == 0
         assert json.loads((tmp_path / name / "metrics.json").read_text()) == point
+        # The point's model folder holds the train run's weights, to the byte.
+        weights = "model/weights.safetensors"
+        assert (tmp_path / name / weights).read_bytes() == (study / "runs" / "alpha=0.1_beta=1.0" / weights).read_bytes()
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_points_to_the_same_csv(grid, tmp_path, monkeypatch, capsys):

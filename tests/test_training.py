@@ -134,9 +134,9 @@ def test_fewer_rows_than_a_batch_is_refused_before_training(mfeat, tiny_config):
 
 def test_modern_api_encodes_with_the_selected_encoder(mfeat, tiny_config):
     model = DRCL(tiny_config.replace(prior="w0")).fit(mfeat)
-    emb = model.encode("pix", mfeat.test.features[3])
+    emb = model.encode("pix", mfeat.test.features[3], preprocessed=True)
     np.testing.assert_allclose(emb.numpy(), model.result.rsc[3].test_embeddings, rtol=1e-5, atol=1e-6)
-    assert model.encode(3, mfeat.test.features[3][:2]).shape == (2, 16)
+    assert model.encode(3, mfeat.test.features[3][:2], preprocessed=True).shape == (2, 16)
     assert model.metrics[0].mean > 0.3
 
 

@@ -33,6 +33,21 @@ class Split:
         return Split(pick(self.features), pick(self.labels), pick(self.sources))
 
 
+@dataclass(frozen=True)
+class Standardisation:
+    """What a loader did to a modality's raw rows: (x - mean) / scale, per column, in float64.
+
+    A trained model keeps it, so that raw rows encode as the training rows did.
+    """
+
+    mean: np.ndarray    # float64, one per column
+    scale: np.ndarray   # float64, one per column; 1 where the training column was constant
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Raw rows as the loader gave them to training (the same float64 operations, hence the same bits)."""
+        return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+
+
 @dataclass
 class MultiModalData:
     """K modalities with train / valid / test splits and a shared label space."""
@@ -43,6 +58,10 @@ class MultiModalData:
     valid: Split
     test: Split
     classes: np.ndarray | None = field(default=None)  # sorted class ids; None when multi-label
+    # What the loader applied to each modality's raw rows (None: used as read), and the classes' names
+    # in the order of `classes` (single-label) or of the label columns (multi-label), where known.
+    preprocessing: list[Standardisation | None] | None = field(default=None)
+    class_names: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
         for split_name in SPLITS:
@@ -56,6 +75,13 @@ class MultiModalData:
                                              {s: self.split(s).labels for s in SPLITS})
         if self.classes is None:
             self.classes = classes
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise DataError(f"dataset {self.name!r} names {len(self.class_names)} classes but its labels have "
+                            f"{self.num_classes}; give one name per class (in the order of the sorted class ids, "
+                            f"or of the label columns) or none")
+        if self.preprocessing is not None and len(self.preprocessing) != len(self.modalities):
+            raise DataError(f"dataset {self.name!r}: {len(self.preprocessing)} preprocessing entries for "
+                            f"{len(self.modalities)} modalities; give one per modality (None: rows used as read)")
 
     def _check_split(self, split_name: str) -> None:
         """Normalise one split's arrays in place; refuse them if they cannot train."""
@@ -114,5 +140,10 @@ class MultiModalData:
 
     def select(self, modality_ids: list[int]) -> "MultiModalData":
         """A view of some modalities only (same arrays, same label space)."""
+        preprocessing = None if self.preprocessing is None else [self.preprocessing[i] for i in modality_ids]
         return MultiModalData(self.name, [self.modalities[i] for i in modality_ids],
-                              *(self.split(s).select(modality_ids) for s in SPLITS), self.classes)
+                              *(self.split(s).select(modality_ids) for s in SPLITS), self.classes,
+                              preprocessing, self.class_names)
+
+    def preprocessing_of(self, k: int) -> Standardisation | None:
+        return None if self.preprocessing is None else self.preprocessing[k]

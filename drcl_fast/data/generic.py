@@ -6,6 +6,8 @@ e.g. MS-COCO features. For split s in (train, valid, test) and modality m:
     {s}_{m}_x   (n, d) features
     {s}_{m}_y   (n, C) multi-hot labels, or a vector of n class ids
     modalities  optional array of modality names, giving their order
+    class_names optional array of the classes' names: in the order of the sorted class ids
+                (single-label) or of the label columns (multi-label); kept with a trained model
 
 Without a `modalities` key the modalities are the distinct m of the
 `train_{m}_x` keys in alphabetical order, so a file always loads the same way.
@@ -126,7 +128,8 @@ def load_generic(path: str | Path, name: str | None = None) -> MultiModalData:
     with ArrayFile(path) as f:
         modalities = _modality_names(f)
         splits = {s: read_split(f, [(f"{s}_{m}_x", f"{s}_{m}_y") for m in modalities]) for s in SPLITS}
-    return MultiModalData(name or path.stem, modalities, **splits)
+        class_names = [_as_str(item) for item in f["class_names"].ravel()] if "class_names" in f else None
+    return MultiModalData(name or path.stem, modalities, **splits, class_names=class_names)
 
 
 def _modality_names(f: ArrayFile) -> list[str]:
@@ -164,13 +167,16 @@ def save_generic(path: str | Path, data: MultiModalData) -> None:
         for m, x, y in zip(data.modalities, split.features, split.labels):
             arrays[f"{s}_{m}_x"] = x
             arrays[f"{s}_{m}_y"] = y
-    names = np.array(data.modalities)
+    texts = {"modalities": np.array(data.modalities)}
+    if data.class_names is not None:
+        texts["class_names"] = np.array(data.class_names)
     if suffix == ".npz":
-        np.savez_compressed(path, modalities=names, **arrays)
+        np.savez_compressed(path, **texts, **arrays)
     elif suffix == ".mat":
-        scipy.io.savemat(path, {"modalities": names, **arrays}, do_compression=True)
+        scipy.io.savemat(path, {**texts, **arrays}, do_compression=True)
     else:
         with h5py.File(path, "w") as f:
-            f["modalities"] = names.astype(h5py.string_dtype())
+            for key, value in texts.items():
+                f[key] = value.astype(h5py.string_dtype())
             for key, value in arrays.items():
                 f.create_dataset(key, data=value, compression="gzip")
