@@ -236,7 +236,7 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as error:
-        raise ConfigError("approximate_topk needs faiss: pip install drcl_fast[faiss] "
+        raise ConfigError("approximate_topk needs faiss: pip install \"drcl_fast[faiss]\" "
                           "(or use topk, which is exact and needs nothing more)") from error
     return faiss
 
