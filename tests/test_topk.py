@@ -308,7 +308,7 @@ def test_faiss_errors_say_what_to_do(monkeypatch):
     with pytest.raises(ConfigError, match="k must be between 1 and the gallery size 2"):
         search.approximate_topk(np.eye(2), np.eye(2), 3, index="flat")
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
-    with pytest.raises(ConfigError, match=r"needs faiss: pip install drcl_fast\[faiss\]"):
+    with pytest.raises(ConfigError, match=r"needs faiss: pip install \"drcl_fast\[faiss\]\""):
         search.approximate_topk(np.eye(2), np.eye(2), 1)
 
 
