@@ -6,7 +6,7 @@ D 2,048, batch 1,024, 200 epochs; RSC rates 1e-4), SPL then RSC on both views, t
 end and per phase, with the MAP@all of each run:
 
 - the reference trainer (`backend="torch"`, float32, cuBLAS without TF32);
-- the fast trainer (Triton kernels) in strict float32, TF32 (the default) and bf16;
+- the fast trainer (Triton kernels) at each --precision: fp32 (the default), tf32 and bf16;
 - the fast trainer in TF32 with both views' units at once (`concurrent_units=2`: a CUDA
   stream each), and whether its embeddings equal those of the one-after-another run.
 
@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
-from gpu_train import cublas_tf32, fast_dispatch, guarded
+from gpu_train import fast_dispatch, guarded
 from wiki_shaped import wiki_shaped
 from drcl_fast.config import DRCLConfig
-from drcl_fast.kernels.precision import precision
+from drcl_fast.precision import PRECISIONS
 from drcl_fast.trainer import fit
 
 SECTION = "gpu_pipeline"
@@ -52,17 +52,15 @@ def one_run(data: MultiModalData, device: str, backend: str, overrides: dict) ->
 
 def pipeline(suite, cfg: dict, fast: str) -> None:
     data = wiki_shaped(cfg["rows"], cfg["widths"], cfg["classes"])
-    runs = {}
-    with precision("fp32"), cublas_tf32(False):
-        runs["reference (torch, fp32)"] = one_run(data, suite.device, "torch", cfg["overrides"])
-    for name in ("fp32", "tf32", "bf16"):
-        with precision(name), cublas_tf32(False):
-            runs[f"fast ({fast}, {name})"] = one_run(data, suite.device, fast, cfg["overrides"])
-    with precision("tf32"), cublas_tf32(False):
-        runs[f"fast ({fast}, tf32, units at once)"] = one_run(data, suite.device, fast,
-                                                             {**cfg["overrides"], "concurrent_units": 2})
+    runs = {"reference (torch, fp32)": one_run(data, suite.device, "torch", cfg["overrides"])}
+    # --precision sets the kernels' and cuBLAS's precision for each run (the interpreter: fp32 only).
+    for name in PRECISIONS if suite.device == "cuda" else ("fp32",):
+        runs[f"fast ({fast}, {name})"] = one_run(data, suite.device, fast, {**cfg["overrides"], "precision": name})
+    at_once = "tf32" if suite.device == "cuda" else "fp32"
+    runs[f"fast ({fast}, {at_once}, units at once)"] = one_run(
+        data, suite.device, fast, {**cfg["overrides"], "precision": at_once, "concurrent_units": 2})
     reference = runs["reference (torch, fp32)"]["total"]
-    alone = runs[f"fast ({fast}, tf32)"]["embeddings"]
+    alone = runs[f"fast ({fast}, {at_once})"]["embeddings"]
     for case, r in runs.items():
         same = ""
         if "units at once" in case:

@@ -149,45 +149,66 @@ std::vector<Tensor> loss_gradients(const Tensor& features, const Tensor& targets
   return {terms, d_features, d_logits * w[0]};
 }
 
-// encoder_step.EncoderStep._forward: h1, h2 and z into the caller's buffers; {|z|, z / |z|}.
-std::pair<Tensor, Tensor> encoder_forward(const Tensor& x, const std::vector<Tensor>& layers,
-                                          const std::vector<Tensor>& buffers) {
-  Tensor h1 = buffers[0], h2 = buffers[1], z = buffers[3];
-  at::addmm_out(h1, layers[1], x, layers[0].t()).relu_();
-  at::addmm_out(h2, layers[3], h1, layers[2].t()).relu_();
-  at::mm_out(z, h2, layers[4].t());
+// The layers as the products take them: in a bf16 run (operands of another dtype than the float32
+// master weights), refreshed from the weights, and x cast alike (encoder_step.EncoderStep._refresh_operands).
+Tensor product_input(const Tensor& x, const std::vector<Tensor>& layers, const std::vector<Tensor>& operands) {
+  if (operands[0].scalar_type() == layers[0].scalar_type()) return x;
+  for (size_t i = 0; i < layers.size(); ++i) operands[i].copy_(layers[i]);
+  return x.to(operands[0].scalar_type());
+}
+
+// encoder_step.EncoderStep._forward: h1, h2 and z into the caller's buffers; {|z|, z, z / |z|}, z in the
+// master weights' dtype.
+std::tuple<Tensor, Tensor, Tensor> encoder_forward(const Tensor& x, const std::vector<Tensor>& layers,
+                                                   const std::vector<Tensor>& operands,
+                                                   const std::vector<Tensor>& buffers) {
+  Tensor h1 = buffers[0], h2 = buffers[1], z_buffer = buffers[3];
+  at::addmm_out(h1, operands[1], x, operands[0].t()).relu_();
+  at::addmm_out(h2, operands[3], h1, operands[2].t()).relu_();
+  Tensor z = at::mm_out(z_buffer, h2, operands[4].t()).to(layers[0].scalar_type());
   Tensor norms = at::linalg_vector_norm(z, 2, {1}, true);
-  return {norms, z / norms};
+  return {norms, z, z / norms};
 }
 
 // encoder_step.EncoderStep._backward, the gradients written into `grads` (no accumulation).
-void encoder_backward(const Tensor& x, const std::vector<Tensor>& layers, const std::vector<Tensor>& buffers,
-                      std::vector<Tensor> grads, const Tensor& norms, const Tensor& unit,
-                      const Tensor& d_unit) {
-  Tensor h1 = buffers[0], h2 = buffers[1], d_h = buffers[2], z = buffers[3];
+void encoder_backward(const Tensor& x, const std::vector<Tensor>& layers, const std::vector<Tensor>& operands,
+                      const std::vector<Tensor>& buffers, std::vector<Tensor> grads, const Tensor& norms,
+                      Tensor z, const Tensor& unit, const Tensor& d_unit) {
+  Tensor h1 = buffers[0], h2 = buffers[1], d_h = buffers[2];
+  const bool low = operands[0].scalar_type() != layers[0].scalar_type();
+  const auto low_type = operands[0].scalar_type();
+  // Each weight's gradient: straight into its buffer in float32 and float64; a bf16 product cast into it.
+  auto mm_grad = [&](Tensor grad, const Tensor& a, const Tensor& b) {
+    if (low) grad.copy_(at::mm(a, b)); else at::mm_out(grad, a, b);
+  };
+  auto sum_grad = [&](Tensor grad, const Tensor& a) {
+    if (low) grad.copy_(at::sum(a, {0})); else at::sum_out(grad, a, {0});
+  };
   Tensor row_dots = at::bmm(unit.unsqueeze(1), d_unit.unsqueeze(2)).view({-1, 1});
-  Tensor d_z = at::addcmul_out(z, d_unit, unit, row_dots, -1.0).div_(norms);
-  at::mm_out(d_h, d_z, layers[4]);
-  at::mm_out(grads[4], d_z.t(), h2);
+  Tensor d_z = at::addcmul_out(z, d_unit, unit, row_dots, -1.0).div_(norms).to(low_type);
+  at::mm_out(d_h, d_z, operands[4]);
+  mm_grad(grads[4], d_z.t(), h2);
   Tensor d_a = at::threshold_backward_out(h2, d_h, h2, 0);
-  at::mm_out(d_h, d_a, layers[2]);
-  at::mm_out(grads[2], d_a.t(), h1);
-  at::sum_out(grads[3], d_a, {0});
+  at::mm_out(d_h, d_a, operands[2]);
+  mm_grad(grads[2], d_a.t(), h1);
+  sum_grad(grads[3], d_a);
   d_a = at::threshold_backward_out(h1, d_h, h1, 0);
-  at::mm_out(grads[0], d_a.t(), x);
-  at::sum_out(grads[1], d_a, {0});
+  mm_grad(grads[0], d_a.t(), x);
+  sum_grad(grads[1], d_a);
 }
 
 // rsc.batch_gradients with the loss's gradients by hand: {loss, terms}, or {} where the Python step must run.
 std::vector<Tensor> rsc_step(const Tensor& x, const Tensor& targets, const Tensor& permutation, double gamma,
                              const Tensor& prior, const Tensor& pinv, const Tensor& gram, double condition, double q,
-                             double eta, double alpha, double beta, const std::vector<Tensor>& layers, const std::vector<Tensor>& buffers,
+                             double eta, double alpha, double beta, const std::vector<Tensor>& layers,
+                             const std::vector<Tensor>& operands, const std::vector<Tensor>& buffers,
                              const std::vector<Tensor>& grads, const std::vector<int64_t>& ints,
                              const std::vector<double>& doubles) {
   pybind11::gil_scoped_release no_gil;
   at::NoGradGuard no_grad;
   const LossLimits lim{ints[0], ints[1], ints[2], ints[3], ints[4], doubles[0], doubles[1], ints[5]};
-  auto [norms, unit] = encoder_forward(x, layers, buffers);
+  const Tensor input = product_input(x, layers, operands);
+  auto [norms, z, unit] = encoder_forward(input, layers, operands, buffers);
   Tensor mixed_f = unit.mul(gamma) + at::index_select(unit, 0, permutation).mul(1.0 - gamma);
   Tensor mixed_t = targets.mul(gamma) + at::index_select(targets, 0, permutation).mul(1.0 - gamma);
   auto found = loss_gradients(mixed_f, mixed_t, at::mm(mixed_f, prior), pinv, gram, condition, q, {eta, alpha, beta},
@@ -197,20 +218,22 @@ std::vector<Tensor> rsc_step(const Tensor& x, const Tensor& targets, const Tenso
   d_mixed.addmm_(found[2], prior.t());
   Tensor d_unit = at::mul(d_mixed, gamma).index_add_(0, permutation, d_mixed, 1.0 - gamma);
   Tensor loss = terms[0].mul(eta) + terms[1].mul(alpha) + terms[2].mul(beta);
-  encoder_backward(x, layers, buffers, grads, norms, unit, d_unit);
+  encoder_backward(input, layers, operands, buffers, grads, norms, z, unit, d_unit);
   return {loss, terms};
 }
 
 // spl.batch_gradients by hand: {loss}, the prior's gradient into prior_grad.
 std::vector<Tensor> spl_step(const Tensor& x, const Tensor& targets, const Tensor& prior, double q,
-                             const std::vector<Tensor>& layers, const std::vector<Tensor>& buffers,
-                             const std::vector<Tensor>& grads, Tensor prior_grad) {
+                             const std::vector<Tensor>& layers, const std::vector<Tensor>& operands,
+                             const std::vector<Tensor>& buffers, const std::vector<Tensor>& grads,
+                             Tensor prior_grad) {
   pybind11::gil_scoped_release no_gil;
   at::NoGradGuard no_grad;
-  auto [norms, unit] = encoder_forward(x, layers, buffers);
+  const Tensor input = product_input(x, layers, operands);
+  auto [norms, z, unit] = encoder_forward(input, layers, operands, buffers);
   auto [loss, d_logits] = gce_value_and_grad(at::mm(unit, prior), targets, q);
   at::mm_out(prior_grad, unit.t(), d_logits);
-  encoder_backward(x, layers, buffers, grads, norms, unit, at::mm(d_logits, prior.t()));
+  encoder_backward(input, layers, operands, buffers, grads, norms, z, unit, at::mm(d_logits, prior.t()));
   return {loss};
 }
 

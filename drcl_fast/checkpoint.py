@@ -11,6 +11,7 @@ values: `torch.load(weights_only=True)` reads it.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import threading
@@ -44,6 +45,17 @@ def fingerprint(cfg: DRCLConfig, data: MultiModalData) -> dict[str, Any]:
             digest.update(np.ascontiguousarray(x).tobytes())
             digest.update(np.ascontiguousarray(y).tobytes())
     return {"settings": repr(sorted(settings.items())), "data": f"{data.name}:{digest.hexdigest()}"}
+
+
+def _changed_settings(saved: str, now: str) -> str:
+    """" (precision: bf16 there, fp32 here)": the settings that differ between two fingerprints, where both read."""
+    try:
+        before, after = dict(ast.literal_eval(saved)), dict(ast.literal_eval(now))
+    except (ValueError, SyntaxError, TypeError):
+        return ""
+    changes = [f"{k}: {before.get(k)!r} there, {after.get(k)!r} here"
+               for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+    return f" ({'; '.join(changes)})" if changes else ""
 
 
 class Checkpointer:
@@ -81,7 +93,8 @@ class Checkpointer:
                                   f"start over with --overwrite")
         if record["identity"] != self.identity:
             which = [k for k in ("settings", "data") if record["identity"][k] != self.identity[k]]
-            raise CheckpointError(f"{path} belongs to a run with other {' and '.join(which)}; resume "
+            changed = _changed_settings(record["identity"]["settings"], self.identity["settings"])
+            raise CheckpointError(f"{path} belongs to a run with other {' and '.join(which)}{changed}; resume "
                                   f"with the same flags and data, or start over with --overwrite")
         return record
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drcl_fast.errors import ConfigError
+from drcl_fast.precision import DEFAULT_PRECISION
 
 # The released main.py's --lr default; the released code indexes it by view.
 RELEASED_LR = (6e-6, 5e-3, 8e-4, 3e-3, 4e-4)
@@ -66,6 +67,7 @@ class DRCLConfig:
     checkpoint_every: int | None = None    # epochs between checkpoints; None: about once a minute; 0: none
     resume: bool = False                   # continue from the checkpoint of an interrupted run
     deterministic: bool = False            # deterministic GPU kernels (CPU runs are always reproducible)
+    precision: str = DEFAULT_PRECISION     # the encoders' matrix precision: fp32, tf32, bf16 (drcl_fast.precision)
     concurrent_units: int | str = "auto"   # modalities trained at once in this process (units.units_at_once)
     lr_criterion: str = "val_loss"         # what --lr auto ranks rates by: "val_loss" or "val_map"
     extra: dict[str, Any] = field(default_factory=dict)  # released flags with no effect here

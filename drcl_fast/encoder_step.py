@@ -21,8 +21,7 @@ Python between the ops, which units training at once in threads otherwise queue 
 """
 from __future__ import annotations
 
-import functools
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -77,6 +76,11 @@ class EncoderStep:
         first, second, head = encoder.body[0], encoder.body[2], encoder.head
         self._layers = (first.weight, first.bias, second.weight, second.bias, head.weight)
         self._grads = tuple(torch.empty_like(p) for p in self._layers)
+        # A bf16 run's products take the layers as bf16 copies, refreshed from the float32 master
+        # weights at every step (what autocast casts at every op, cast once per step here).
+        self._low = encoder.compute_dtype not in (None, first.weight.dtype)
+        self._dtype = encoder.compute_dtype if self._low else first.weight.dtype
+        self._operands = tuple(p.detach().to(self._dtype) for p in self._layers) if self._low else self._layers
         self._rows = -1
 
     def loss_and_grads(self, x: torch.Tensor, tail: Tail) -> tuple[torch.Tensor, Aux]:
@@ -99,9 +103,11 @@ class EncoderStep:
         (loss, aux, dloss/dF(x)), with no autograd, and fills in the gradients of parameters of its own."""
         self._buffers_for(x.shape[0])
         with torch.no_grad():
-            norms, unit = self._forward(x)
+            self._refresh_operands()
+            x = x.to(self._dtype)
+            norms, z, unit = self._forward(x)
             loss, aux, d_unit = tail(unit)
-            self._backward(x, norms, unit.detach(), d_unit)
+            self._backward(x, norms, z, unit.detach(), d_unit)
         return loss, aux
 
     def native_rsc(self, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor, prior: torch.Tensor,
@@ -113,7 +119,7 @@ class EncoderStep:
             return None
         core = pinv_core(pinv)
         found = _step_cpp.rsc_step(x, targets, permutation, gamma, prior, pinv, core.gram, core.condition, q,
-                                   *weights, list(self._layers),
+                                   *weights, list(self._layers), list(self._operands),
                                    self._buffers, list(self._grads), _LOSS_INTS, _LOSS_DOUBLES)
         if not found:
             return None
@@ -127,8 +133,8 @@ class EncoderStep:
         if not self._native_ready(x) or prior.grad is not None:
             return None
         prior_grad = torch.empty_like(prior)
-        loss, = _step_cpp.spl_step(x, targets, prior.detach(), q, list(self._layers), self._buffers,
-                                   list(self._grads), prior_grad)
+        loss, = _step_cpp.spl_step(x, targets, prior.detach(), q, list(self._layers), list(self._operands),
+                                   self._buffers, list(self._grads), prior_grad)
         self._set_grads()
         prior.grad = prior_grad
         return loss
@@ -146,51 +152,68 @@ class EncoderStep:
             param.grad = grad
 
     def _buffers_for(self, rows: int) -> None:
-        """The activation buffers for batches of `rows` rows (new ones when the batch size changes)."""
+        """The activation buffers for batches of `rows` rows (new ones when the batch size changes), in
+        the products' dtype."""
         if rows == self._rows:
             return
-        w1, _, _, _, w3 = self._layers
+        w1, _, _, _, w3 = self._operands
         hidden, output = w1.shape[0], w3.shape[0]
         self._h1, self._h2, self._d_h = (w1.new_empty(rows, hidden) for _ in range(3))
         self._z = w1.new_empty(rows, output)
         self._buffers = [self._h1, self._h2, self._d_h, self._z]
         self._rows = rows
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ops of ``Encoder.forward`` (F.linear is addmm or mm on the CPU): (|z|, the unit rows z / |z|)."""
-        w1, b1, w2, b2, w3 = self._layers
+    def _refresh_operands(self) -> None:
+        """The bf16 copies of the layers as the master weights are now (the optimiser moved them)."""
+        if self._low:
+            for operand, layer in zip(self._operands, self._layers):
+                operand.copy_(layer)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ops of ``Encoder.forward`` (F.linear is addmm or mm on the CPU): (|z|, z, the unit rows
+        z / |z|), z in the master weights' dtype."""
+        w1, b1, w2, b2, w3 = self._operands
         torch.addmm(b1, x, w1.t(), out=self._h1).relu_()
         torch.addmm(b2, self._h1, w2.t(), out=self._h2).relu_()
-        z = torch.mm(self._h2, w3.t(), out=self._z)
+        z = torch.mm(self._h2, w3.t(), out=self._z).to(self._layers[0].dtype)
         norms = z.norm(dim=1, keepdim=True)
-        return norms, z / norms
+        return norms, z, z / norms
 
-    def _backward(self, x: torch.Tensor, norms: torch.Tensor, unit: torch.Tensor, d_unit: torch.Tensor) -> None:
-        """Gradients of the layers from dJ/dF(x), accumulated into .grad as autograd would."""
-        w1, b1, w2, b2, w3 = self._layers
+    def _backward(self, x: torch.Tensor, norms: torch.Tensor, z: torch.Tensor, unit: torch.Tensor,
+                  d_unit: torch.Tensor) -> None:
+        """Gradients of the layers from dJ/dF(x), accumulated into .grad as autograd would (in a bf16
+        run: each product's bf16 result cast to the master weights' dtype, as autocast's backward)."""
+        w1, _, w2, _, w3 = self._operands
         g1, gb1, g2, gb2, g3 = self._grads
         h1, h2, d_h = self._h1, self._h2, self._d_h
         # Through z / |z|: (g - u (u . g)) / |z|, u the unit rows; z's memory takes it (not read again).
         row_dots = torch.bmm(unit.unsqueeze(1), d_unit.unsqueeze(2)).view(-1, 1)
-        d_z = torch.addcmul(d_unit, unit, row_dots, value=-1.0, out=self._z).div_(norms)
+        d_z = torch.addcmul(d_unit, unit, row_dots, value=-1.0, out=z).div_(norms).to(self._dtype)
         torch.mm(d_z, w3, out=d_h)
-        _accumulate(w3, g3, functools.partial(torch.mm, d_z.t(), h2))
+        self._accumulate(4, g3, torch.mm, d_z.t(), h2)
         d_a = torch.ops.aten.threshold_backward.grad_input(d_h, h2, 0, grad_input=h2)   # h2 not read again
         torch.mm(d_a, w2, out=d_h)
-        _accumulate(w2, g2, functools.partial(torch.mm, d_a.t(), h1))
-        _accumulate(b2, gb2, functools.partial(torch.sum, d_a, 0))
+        self._accumulate(2, g2, torch.mm, d_a.t(), h1)
+        self._accumulate(3, gb2, torch.sum, d_a, 0)
         d_a = torch.ops.aten.threshold_backward.grad_input(d_h, h1, 0, grad_input=h1)
-        _accumulate(w1, g1, functools.partial(torch.mm, d_a.t(), x))
-        _accumulate(b1, gb1, functools.partial(torch.sum, d_a, 0))
+        self._accumulate(0, g1, torch.mm, d_a.t(), x)
+        self._accumulate(1, gb1, torch.sum, d_a, 0)
 
-
-def _accumulate(param: torch.Tensor, buffer: torch.Tensor, grad: Callable[..., torch.Tensor]) -> None:
-    """param.grad += grad(out=buffer), as autograd accumulates: where param has no gradient
-    (zero_grad(set_to_none=True)) the buffer becomes it, read by the optimiser before the next
-    step writes it again; where it has one, the sum goes into it."""
-    if param.grad is None:
-        param.grad = grad(out=buffer)
-    elif param.grad is buffer:   # last step's buffer, zeroed in place or not: add a fresh product
-        param.grad.add_(grad())
-    else:
-        param.grad.add_(grad(out=buffer))
+    def _accumulate(self, layer: int, buffer: torch.Tensor, op: Callable[..., torch.Tensor], *args: Any) -> None:
+        """layer's .grad += op(*args), as autograd accumulates: where it has no gradient
+        (zero_grad(set_to_none=True)) the buffer becomes it, read by the optimiser before the next
+        step writes it again; where it has one, the sum goes into it. In a bf16 run op's result is
+        bf16, cast into the buffer."""
+        param = self._layers[layer]
+        if self._low:
+            def grad(out: torch.Tensor | None = None) -> torch.Tensor:
+                return op(*args).to(buffer.dtype) if out is None else out.copy_(op(*args))
+        else:
+            def grad(out: torch.Tensor | None = None) -> torch.Tensor:
+                return op(*args, out=out)
+        if param.grad is None:
+            param.grad = grad(out=buffer)
+        elif param.grad is buffer:   # last step's buffer, zeroed in place or not: add a fresh product
+            param.grad.add_(grad())
+        else:
+            param.grad.add_(grad(out=buffer))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from drcl_fast import backends
+from drcl_fast import backends, precision
 from drcl_fast.config import AUTO, DRCLConfig
 from drcl_fast.errors import ConfigError
 
@@ -88,6 +88,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(n, "out", default=".", help="folder for PriorW/, features/, metrics.json and logging/ (default: .)")
     _flag(n, "device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     _flag(n, "backend", **backends.flag_options())
+    _flag(n, "precision", **precision.flag_options())
     _flag(n, "hidden_shape", type=int, default=None, help="encoder hidden width H (4096)")
     _flag(n, "spl_epochs", type=int, default=None, help="SPL epochs (default: --epochs)")
     _flag(n, "prior", default=None, help="spl, file, w0 (the without-SPL ablation) or a prior file; overrides --wselect")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from drcl_fast.precision import DEFAULT_PRECISION, compute_dtype, matrix_precision
+
 
 @dataclass(frozen=True)
 class UnitShape:
@@ -55,31 +57,37 @@ def unit_flops(s: UnitShape) -> int:
             + s.sampled_epochs * forward_flops(s.eval_rows, *sizes))
 
 
-def matrix_rate(hidden_dim: int, batch_size: int, device: torch.device, seconds: float = 0.15) -> float:
-    """FLOP/s of torch.mm at the steps' main shape (batch x H times H x H, float32) on `device`: the
-    fastest of the products timed for `seconds`, since a busy machine only ever slows one down."""
-    a = torch.randn(batch_size, hidden_dim, device=device)
-    b = torch.randn(hidden_dim, hidden_dim, device=device)
+def matrix_rate(hidden_dim: int, batch_size: int, device: torch.device, seconds: float = 0.15,
+                precision: str = DEFAULT_PRECISION) -> float:
+    """FLOP/s of torch.mm at the steps' main shape (batch x H times H x H) at `precision` on `device`
+    (bf16 operands for "bf16"; TF32 tensor cores for "tf32"): the fastest of the products timed for
+    `seconds`, since a busy machine only ever slows one down."""
+    dtype = compute_dtype(precision) or torch.float32
+    a = torch.randn(batch_size, hidden_dim, device=device).to(dtype)
+    b = torch.randn(hidden_dim, hidden_dim, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        a @ b
-    sync()
-    fastest = float("inf")
-    deadline, count = time.perf_counter() + seconds, 0
-    while time.perf_counter() < deadline or count < 5:
-        t = time.perf_counter()
-        a @ b
+    with matrix_precision(precision, device):
+        for _ in range(3):
+            a @ b
         sync()
-        fastest, count = min(fastest, time.perf_counter() - t), count + 1
+        fastest = float("inf")
+        deadline, count = time.perf_counter() + seconds, 0
+        while time.perf_counter() < deadline or count < 5:
+            t = time.perf_counter()
+            a @ b
+            sync()
+            fastest, count = min(fastest, time.perf_counter() - t), count + 1
     return 2 * batch_size * hidden_dim ** 2 / fastest
 
 
 @dataclass(frozen=True)
 class Floor:
     flops: int
-    rate: float          # FLOP/s measured
+    rate: float          # FLOP/s measured at the run's precision
     seconds: float       # the training time it is compared with
     device: str = "cpu"  # the device type the rate was measured on ("cpu", "cuda")
+    precision: str = DEFAULT_PRECISION
+    fp32_rate: float | None = None   # FLOP/s of float32 products, measured beside a run at another precision
 
     @property
     def floor_seconds(self) -> float:
@@ -93,9 +101,12 @@ class Floor:
         """Plain words first, then the arithmetic: "training took 96 s, 69 % of this CPU's measured
         matrix-product speed (its encoder products, 7.95 TFLOP, need 66.3 s at the measured 120 GFLOP/s)"."""
         chip = "GPU" if self.device == "cuda" else self.device.upper()
+        at = "" if self.precision == DEFAULT_PRECISION else f"{self.precision} "
+        float32 = "" if self.fp32_rate is None else \
+            f"; {_seconds(self.flops / self.fp32_rate, 1)} at its float32 rate, {_amount(self.fp32_rate, 'FLOP/s')}"
         return (f"training took {_seconds(self.seconds)}, {100 * self.fraction:.0f} % of this {chip}'s measured "
-                f"matrix-product speed (its encoder products, {_amount(self.flops, 'FLOP')}, need "
-                f"{_seconds(self.floor_seconds, 1)} at the measured {_amount(self.rate, 'FLOP/s')})")
+                f"{at}matrix-product speed (its encoder products, {_amount(self.flops, 'FLOP')}, need "
+                f"{_seconds(self.floor_seconds, 1)} at the measured {_amount(self.rate, 'FLOP/s')}{float32})")
 
 
 def _seconds(value: float, decimals: int | None = None) -> str:

@@ -143,11 +143,11 @@ def rate_lines(sources: list[tuple[float | str, str]], modalities: list[str], vi
     return lines
 
 
-def score(result: RSCResult, data: ModalityData, criterion: str) -> float:
-    """The criterion of a candidate's selected model so far; higher is better."""
+def score(result: RSCResult, data: ModalityData, criterion: str, s: RSCSettings) -> float:
+    """The criterion of a candidate's selected model so far (encoded at the run's precision); higher is better."""
     if criterion == "val_loss":
         return -result.best_val_loss
-    encoder = encoder_from_state(result.encoder_state, data.train_x.device)
+    encoder = encoder_from_state(result.encoder_state, data.train_x.device, s.compute_dtype)
     return evaluate_map(encode(encoder, data.valid_x), data.valid_t, encode(encoder, data.train_x), data.train_t)
 
 
@@ -250,7 +250,7 @@ def _advance(c: Candidate, data: ModalityData, prior: torch.Tensor, s: RSCSettin
     except NonFiniteLossError:
         c.diverged, c.snapshot = True, None
         return
-    value = score(result, data, criterion)
+    value = score(result, data, criterion, s)
     if not math.isfinite(value):
         c.diverged, c.snapshot = True, None
         return

@@ -17,6 +17,7 @@ from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
 from drcl_fast.model import Encoder, encoder_from_state, seeded_encoder
 from drcl_fast.progress import epoch_bar
 from drcl_fast.optim import adam
+from drcl_fast.precision import DEFAULT_PRECISION, compute_dtype
 from drcl_fast.spl import EpochHook, StopHook
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
@@ -40,6 +41,11 @@ class RSCSettings:
     sample_interval: int = 1
     seed: int = 1
     backend: str = "auto"
+    precision: str = DEFAULT_PRECISION
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        return compute_dtype(self.precision)
 
 
 @dataclass
@@ -140,7 +146,7 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     device = data.train_x.device
     prior = prior.to(device=device, dtype=torch.float32)
     pinv = (ops.prior_pinv(prior) if pinv is None else pinv).to(device)
-    encoder = seeded_encoder(data.input_dim, s.hidden_dim, prior.shape[0], s.seed, device)
+    encoder = seeded_encoder(data.input_dim, s.hidden_dim, prior.shape[0], s.seed, device, s.compute_dtype)
     optimizer = adam(encoder.parameters(), s.lr)
     step = step_for(encoder, s.backend, device)
     generator = torch.Generator().manual_seed(s.seed)
@@ -151,7 +157,8 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
         encoder.load_state_dict(resume["encoder"])
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
-        best = None if resume["best"] is None else _Selection.restore(RSCResult.from_state(resume["best"]))
+        best = None if resume["best"] is None else \
+            _Selection.restore(RSCResult.from_state(resume["best"]), s.compute_dtype)
         history, start = list(resume["history"]), resume["epoch"]
         # Stopped part-way through epoch start + 1: the generator is as before its draws.
         first_batch, partial = resume.get("batch", 0), resume.get("partial")
@@ -219,7 +226,7 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
     return result
 
 
-def reselect_on(data: ModalityData, resume: dict[str, Any], prior: torch.Tensor) -> dict[str, Any]:
+def reselect_on(data: ModalityData, resume: dict[str, Any], prior: torch.Tensor, s: RSCSettings) -> dict[str, Any]:
     """`resume` with its selected epoch's test outputs recomputed on `data`'s test split.
 
     For a state trained against a stand-in test split (the learning-rate search's): the
@@ -228,7 +235,7 @@ def reselect_on(data: ModalityData, resume: dict[str, Any], prior: torch.Tensor)
     if resume["best"] is None:
         return resume
     best = RSCResult.from_state(resume["best"])
-    selection = _Selection(best.best_epoch, best.best_val_loss, best.encoder_state)
+    selection = _Selection(best.best_epoch, best.best_val_loss, best.encoder_state, s.compute_dtype)
     prior = prior.to(device=data.train_x.device, dtype=torch.float32)
     return {**resume, "best": selection.result(data, prior).to_state()}
 
@@ -264,22 +271,24 @@ class _Selection:
     epoch: int
     val_loss: float
     encoder_state: dict[str, torch.Tensor]
+    compute_dtype: torch.dtype | None           # the run's products' (Encoder.compute_dtype)
     outputs: tuple[torch.Tensor, torch.Tensor] | None = None   # (embeddings, probabilities) once encoded
 
     @classmethod
     @torch.no_grad()
-    def of(cls, encoder: torch.nn.Module, epoch: int, val_loss: float) -> "_Selection":
-        return cls(epoch, val_loss, {k: v.detach().clone() for k, v in encoder.state_dict().items()})
+    def of(cls, encoder: Encoder, epoch: int, val_loss: float) -> "_Selection":
+        return cls(epoch, val_loss, {k: v.detach().clone() for k, v in encoder.state_dict().items()},
+                   encoder.compute_dtype)
 
     @classmethod
-    def restore(cls, r: RSCResult) -> "_Selection":
-        return cls(r.best_epoch, r.best_val_loss, r.encoder_state,
+    def restore(cls, r: RSCResult, compute_dtype: torch.dtype | None) -> "_Selection":
+        return cls(r.best_epoch, r.best_val_loss, r.encoder_state, compute_dtype,
                    (torch.from_numpy(r.test_embeddings), torch.from_numpy(r.test_probabilities)))
 
     def test_outputs(self, data: ModalityData, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """F_k(X_test) and softmax(F_k(X_test) W) at the selected epoch, the bits the encoder gave then."""
         if self.outputs is None:
-            f = encode(encoder_from_state(self.encoder_state, data.test_x.device), data.test_x)
+            f = encode(encoder_from_state(self.encoder_state, data.test_x.device, self.compute_dtype), data.test_x)
             self.outputs = f, torch.softmax(f @ prior, dim=1)
         return self.outputs
 

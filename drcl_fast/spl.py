@@ -16,6 +16,7 @@ from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
 from drcl_fast.model import seeded_encoder
 from drcl_fast.ops.restructured import gce_value_and_grad
 from drcl_fast.optim import adam
+from drcl_fast.precision import DEFAULT_PRECISION, compute_dtype
 from drcl_fast.progress import epoch_bar
 
 EpochHook = Callable[[int, Callable[[], dict[str, Any]]], None]
@@ -87,7 +88,7 @@ def batch_gradients(encoder: torch.nn.Module, step: EncoderStep | None, x: torch
 
 def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
                 hidden_dim: int, sample_interval: int, seed: int, backend: str = "auto",
-                progress: bool = True, resume: dict[str, Any] | None = None,
+                precision: str = DEFAULT_PRECISION, progress: bool = True, resume: dict[str, Any] | None = None,
                 on_epoch: EpochHook | None = None, on_stop: StopHook | None = None) -> SPLResult:
     """Train F_k and W_k (initialised at W0) with GCE; score S_k(e) after sampled epochs.
 
@@ -97,7 +98,7 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
     from that batch, and raises `interrupt.Interrupted`.
     """
     device = data.train_x.device
-    encoder = seeded_encoder(data.input_dim, hidden_dim, w0.shape[0], seed, device)
+    encoder = seeded_encoder(data.input_dim, hidden_dim, w0.shape[0], seed, device, compute_dtype(precision))
     prior = torch.nn.Parameter(w0.clone().to(device))
     optimizer = adam([*encoder.parameters(), prior], lr)
     step = step_for(encoder, backend, device)

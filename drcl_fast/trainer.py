@@ -19,6 +19,7 @@ from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ConfigError, NonFiniteLossError, OutputExistsError
 from drcl_fast.floor import Floor, UnitShape, forward_flops, matrix_rate, unit_flops
 from drcl_fast.modality import ModalityData
+from drcl_fast.precision import DEFAULT_PRECISION, check_precision, matrix_precision
 from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
 from drcl_fast.rsc import RSCResult, RSCSettings, reselect_on, train_rsc
@@ -66,7 +67,8 @@ def planned_outputs(cfg: DRCLConfig, data: MultiModalData, views: list[int]) -> 
 def rsc_settings(cfg: DRCLConfig, lr: float | str) -> RSCSettings:
     return RSCSettings(lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, hidden_dim=cfg.hidden_shape,
                        alpha=cfg.alpha, beta=cfg.beta, eta=cfg.eta, gamma=cfg.gamma,
-                       sample_interval=cfg.sample_interval, seed=cfg.seed, backend=cfg.backend)
+                       sample_interval=cfg.sample_interval, seed=cfg.seed, backend=cfg.backend,
+                       precision=cfg.precision)
 
 
 def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResult:
@@ -82,7 +84,8 @@ def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResu
     views = preflight.check_run(cfg, data)
     device = runtime.resolve_device(distributed.rank_device(cfg.device))
     runtime.check_backends(cfg.backend, device)
-    with runtime.deterministic_algorithms(cfg.deterministic), \
+    check_precision(cfg.precision, device)
+    with runtime.deterministic_algorithms(cfg.deterministic), matrix_precision(cfg.precision, device), \
             interrupt.on_signals((signal.SIGINT,), only_over_default=True), interrupt.stage("training"):
         try:
             return _fit(data, cfg, views, device, progress)
@@ -120,15 +123,15 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
             log.info("no checkpoint in %s: starting from the beginning", checkpointer.folder)
     else:
         log.info("resuming from the %d unit checkpoint(s) in %s", len(saved), checkpointer.folder)
-    log.info("dataset %s: %d modalities %s, %d classes (%s), D=%d, H=%d, device %s",
+    log.info("dataset %s: %d modalities %s, %d classes (%s), D=%d, H=%d, device %s, precision %s",
              data.name, data.num_modalities, data.modalities, data.num_classes,
              "multi-label" if data.multilabel else "single-label", output_dim(cfg, data),
-             cfg.hidden_shape, device)
+             cfg.hidden_shape, device, cfg.precision)
 
     run = _Run(cfg, data, device, progress and distributed.is_main(), checkpointer)
     # The floor's rate is the faster of a measurement before training and one after: a machine that
     # slows down for a while (a neighbour's load) does not make the run look closer to its floor.
-    rate_before = matrix_rate(cfg.hidden_shape, cfg.batch_size, device)
+    rates_before = _matrix_rates(cfg, device)
     started = time.perf_counter()
     result = _prior(run)
     result.phase_seconds["spl"] = time.perf_counter() - started
@@ -143,9 +146,9 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     result.phase_seconds["rsc"] = time.perf_counter() - started - result.phase_seconds["spl"]
     result.train_flops = run.flops
     if run.flops:
-        rate = max(rate_before, matrix_rate(cfg.hidden_shape, cfg.batch_size, device))
+        rate, fp32_rate = (max(pair) for pair in zip(rates_before, _matrix_rates(cfg, device)))
         result.floor = Floor(run.flops, rate, result.phase_seconds["spl"] + result.phase_seconds["rsc"],
-                             device.type)
+                             device.type, cfg.precision, None if cfg.precision == DEFAULT_PRECISION else fp32_rate)
         log.info(result.floor.line())
     if distributed.is_main():
         if result.lr_search:
@@ -165,6 +168,14 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
     distributed.wait_for_all("outputs written")
     checkpointer.remove()  # the run is complete: its outputs hold everything
     return result
+
+
+def _matrix_rates(cfg: DRCLConfig, device: torch.device) -> tuple[float, float]:
+    """The matrix rate at the run's precision and at float32 (the same measurement for an fp32 run)."""
+    rate = matrix_rate(cfg.hidden_shape, cfg.batch_size, device, precision=cfg.precision)
+    if cfg.precision == DEFAULT_PRECISION:
+        return rate, rate
+    return rate, matrix_rate(cfg.hidden_shape, cfg.batch_size, device)
 
 
 def _refuse_unresumed(cfg: DRCLConfig, data: MultiModalData, checkpointer: Checkpointer) -> None:
@@ -330,7 +341,7 @@ def _search_rate(run: _Run, unit: Unit, m: ModalityData, prior: torch.Tensor, se
                                   sampled_epochs=found.epochs_trained // run.cfg.sample_interval))
     for line in found.table():
         log.info(line)
-    return dataclasses.asdict(found), reselect_on(m, winner, prior)
+    return dataclasses.asdict(found), reselect_on(m, winner, prior, settings)
 
 
 def evaluate_saved(cfg: DRCLConfig, data: MultiModalData, views: list[int], result: FitResult,
@@ -372,7 +383,7 @@ def _spl_unit(run: _Run, unit: Unit, w0: torch.Tensor) -> dict:
     started = time.perf_counter()
     r = learn_prior(m, w0, epochs=cfg.spl_epoch_count, batch_size=cfg.batch_size, lr=cfg.lr_SPL,
                     hidden_dim=cfg.hidden_shape, sample_interval=cfg.sample_interval, seed=cfg.seed,
-                    backend=cfg.backend, progress=run.progress, resume=resume,
+                    backend=cfg.backend, precision=cfg.precision, progress=run.progress, resume=resume,
                     on_epoch=run.checkpointer.epoch_hook("spl", unit.view),
                     on_stop=run.checkpointer.stop_hook("spl", unit.view))
     run.checkpointer.save_done("spl", unit.view, r.to_state())

@@ -1,4 +1,4 @@
-"""The matrix-math precision of the Triton kernels: "fp32", "tf32" (default) or "bf16".
+"""The matrix-math precision of the Triton kernels: "fp32" (default), "tf32" or "bf16".
 
 Operands and outputs stay float32 whatever is chosen; it picks what the tensor
 cores multiply: float32 exactly ("fp32", IEEE products on the CUDA cores),
@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+from drcl_fast.precision import DEFAULT_PRECISION, PRECISIONS
 
-_current = ["tf32"]
+# A run sets it for its length (drcl_fast.precision.matrix_precision); kernel tests and benchmarks
+# through the `precision` context.
+_current = [DEFAULT_PRECISION]
 
 
 def get_precision() -> str:

@@ -35,7 +35,7 @@ def test_the_counted_products_are_most_of_the_runs_and_never_more(mfeat, tmp_pat
     """Left out by design: the loss's own products, test encodes and the evaluation (about a tenth at these small sizes).
     The rate measurement after training is not the run's work: it is replaced here. One unit at a time:
     a dispatch mode sees the products of its own thread only."""
-    monkeypatch.setattr(trainer, "matrix_rate", lambda *args: 1e11)
+    monkeypatch.setattr(trainer, "matrix_rate", lambda *args, **kwargs: 1e11)
     cfg = DRCLConfig.preset("mfeat", epochs=2, hidden_shape=256, output_shape=64, batch_size=50,
                             out=str(tmp_path), quiet=True, device="cpu", backend="torch", concurrent_units=1)
     with ProductFlops() as products:

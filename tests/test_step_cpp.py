@@ -18,8 +18,9 @@ CASES = [(140, 216, 1024, 512, 10, torch.float32), (301, 19, 65, 33, 5, torch.fl
          (1100, 19, 65, 200, 3, torch.float32), (301, 19, 65, 33, 5, torch.float64)]
 
 
-def _rsc_step(batch: dict, h: int, native: bool, calls: list) -> tuple:
-    encoder = seeded_encoder(batch["x"].shape[1], h, batch["prior"].shape[0], 3).to(batch["x"].dtype)
+def _rsc_step(batch: dict, h: int, native: bool, calls: list, compute_dtype: torch.dtype | None = None) -> tuple:
+    encoder = seeded_encoder(batch["x"].shape[1], h, batch["prior"].shape[0], 3,
+                             compute_dtype=compute_dtype).to(batch["x"].dtype)
     step = EncoderStep(encoder)
     real = step.native_rsc
     step.native_rsc = (lambda *a: calls.append(real(*a)) or calls[-1]) if native else (lambda *a: None)
@@ -29,24 +30,31 @@ def _rsc_step(batch: dict, h: int, native: bool, calls: list) -> tuple:
     return loss, terms, [p.grad for p in encoder.parameters()]
 
 
-@pytest.mark.parametrize("b, d_in, h, d, c, dtype", CASES)
-def test_the_rsc_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype):
+# A bf16 run's step (float32 master weights, bf16 products), at odd sizes.
+BF16_CASES = [(301, 19, 65, 33, 5), (140, 37, 129, 65, 10)]
+
+
+@pytest.mark.parametrize("b, d_in, h, d, c, dtype, compute_dtype",
+                         [(*case, None) for case in CASES] +
+                         [(*case, torch.float32, torch.bfloat16) for case in BF16_CASES])
+def test_the_rsc_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype, compute_dtype):
     batch = step_batch(b, d_in, d, c, dtype)
     calls = []
-    native = _rsc_step(batch, h, True, calls)
+    native = _rsc_step(batch, h, True, calls, compute_dtype)
     assert calls and calls[0] is not None, "the C++ step did not run"
-    python = _rsc_step(batch, h, False, [])
+    python = _rsc_step(batch, h, False, [], compute_dtype)
     assert torch.equal(native[0], python[0])
     assert all(torch.equal(a, b) for a, b in zip(native[1], python[1], strict=True))
     assert all(torch.equal(a, b) for a, b in zip(native[2], python[2], strict=True))
 
 
-@pytest.mark.parametrize("b, d_in, h, d, c, dtype", CASES[:2])
-def test_the_spl_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype):
+@pytest.mark.parametrize("b, d_in, h, d, c, dtype, compute_dtype",
+                         [(*case, None) for case in CASES[:2]] + [(*BF16_CASES[0], torch.float32, torch.bfloat16)])
+def test_the_spl_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype, compute_dtype):
     batch = step_batch(b, d_in, d, c, dtype)
     results = []
     for native in (True, False):
-        encoder = seeded_encoder(d_in, h, d, 3).to(dtype)
+        encoder = seeded_encoder(d_in, h, d, 3, compute_dtype=compute_dtype).to(dtype)
         step = EncoderStep(encoder)
         prior = torch.nn.Parameter(batch["prior"].clone())
         if not native:

@@ -75,8 +75,9 @@ def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 
 def mixup_project(hidden: torch.Tensor, head_weight: torch.Tensor, permutation: torch.Tensor, gamma: float,
                   prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The encoder's tail and FA: (f~, f~ W) with f the unit rows of the last linear layer."""
-    z = F.linear(hidden, head_weight)
+    """The encoder's tail and FA: (f~, f~ W) with f the unit rows of the last linear layer (whose
+    product, in a bf16 run, takes bf16 operands: its output is normalised in the prior's dtype)."""
+    z = F.linear(hidden, head_weight).to(prior.dtype)
     f = z / z.norm(dim=1, keepdim=True)
     mixed = gamma * f + (1.0 - gamma) * f[permutation]
     return mixed, mixed @ prior

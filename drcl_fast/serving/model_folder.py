@@ -14,6 +14,7 @@ last, and the manifest's digest of the weights makes a truncated or mismatched p
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
@@ -29,6 +30,7 @@ from drcl_fast.errors import ModelError
 from drcl_fast.model import Encoder, encoder_from_state
 from drcl_fast.modality import encode
 from drcl_fast.outputs import atomic_write, save_json
+from drcl_fast.precision import DEFAULT_PRECISION, compute_dtype, matrix_precision
 
 FORMAT = "drcl_fast model"
 FORMAT_VERSION = 1
@@ -76,6 +78,15 @@ class TrainedModel:
     run_identity: str = ""                          # the run's settings and data, modality choice aside
     versions: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""                           # SHA-256 of the weights file, once saved or loaded
+
+    def __post_init__(self) -> None:
+        for encoder in self.encoders.values():   # they encode as the run did (docs/precision.md)
+            encoder.compute_dtype = compute_dtype(self.precision)
+
+    @property
+    def precision(self) -> str:
+        """The matrix precision the run trained and encoded at (drcl_fast.precision)."""
+        return self.config.get("precision", DEFAULT_PRECISION)
 
     @property
     def device(self) -> torch.device:
@@ -142,7 +153,8 @@ class TrainedModel:
         return torch.from_numpy(rows).to(self.device)
 
     @torch.no_grad()
-    def encode(self, modality: int | str, x: Any, preprocessed: bool = False) -> torch.Tensor:
+    def encode(self, modality: int | str, x: Any, preprocessed: bool = False,
+               precision: str | None = None) -> torch.Tensor:
         """Unit-norm embeddings (n, D) float32 of the rows `x` of `modality` (name or index).
 
         Args:
@@ -152,16 +164,25 @@ class TrainedModel:
                 same statistics first.
             preprocessed: True when `x` is already as the loader returned it (e.g. rows of
                 `load_dataset(...)`), so the statistics are not applied twice.
+            precision: the products' precision (docs/precision.md); None: the run's (`self.precision`).
+                "fp32" encodes a bf16 model in float32, e.g. on a CPU without bf16 instructions (the
+                embeddings then differ from the run's within bf16 rounding).
 
         Returns:
             float32 embeddings on the model's device. Rows encode in the chunks a run encodes its test
-            split in, so the test split gives the bits the run wrote to features/.
+            split in, and at the run's precision, so the test split gives the bits the run wrote to features/.
 
         Raises:
             ModelError: the model has no encoder for `modality`; `x` has the wrong width, is not numeric, or holds NaN or Inf.
         """
         k = self.modality_index(modality)
-        return encode(self.encoders[k], self.model_inputs(k, x, preprocessed))
+        precision = self.precision if precision is None else precision
+        encoder = self.encoders[k]
+        if precision != self.precision:   # a view of the same weights with other products
+            encoder = copy.copy(encoder)
+            encoder.compute_dtype = compute_dtype(precision)
+        with matrix_precision(precision, self.device):
+            return encode(encoder, self.model_inputs(k, x, preprocessed))
 
     def search(self, queries: Any, query_modality: int | str, gallery: Any, gallery_modality: int | str | None = None,
                k: int = 10, backend: str = "auto", max_memory: int | None = None,
