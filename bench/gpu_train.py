@@ -5,12 +5,12 @@ Run by bench/gpu_suite.py (`--only gpu_train`), in this order:
    shapes off the block sizes, forward and gradients, held to "twice PyTorch's own
    float32 error plus two float32 epsilons" (rows say ok or FAIL);
 2. the loss forward+backward at B = 1,024, D = 2,048, C = 10 and 200: eager
-   reference, torch.compile(reference), the restructured path, Triton in TF32 (the
-   default) and in strict float32, with peak memory beyond the inputs;
+   reference, torch.compile(reference), the restructured path, Triton in TF32 and in
+   strict float32, with peak memory beyond the inputs;
 3. the card's measured matrix-multiply rate (torch.mm, 4,096^3) in float32, TF32, bf16;
 4. the whole RSC step (B = 1,024, d_in = 4,096, H = 4,096, D = 2,048, C = 10;
    encoder, Mixup, loss, backward, Adam): the eager float32 reference against the
-   fast path in TF32 (default), float32 and bf16, and with vendor (cuBLASLt
+   fast path in TF32, float32 and bf16, and with vendor (cuBLASLt
    epilogue) GEMMs, each as a speed-up and as a fraction of the card's rate;
 5. MAP@all of the bundled mfeat data trained with the fast path at each --precision
    (fp32, tf32, bf16; preset "mfeat"), and each one's difference from fp32 (the bar: 0.005).
@@ -226,7 +226,7 @@ def rsc_step(suite, cfg: dict, fast: str, rates: dict[str, float]) -> None:
             linear_relu_module.DEFAULT_IMPL = saved
         achieved = flops / seconds / 1e12
         share = achieved / rates.get(name, float("nan"))
-        note = "bar: 2x (default precision)" if (name, impl) == ("tf32", "triton") else ""
+        note = "bar: 2x" if (name, impl) == ("tf32", "triton") else ""
         suite.add(SECTION, case, f"fast {name} ({impl} GEMMs) {seconds * 1e3:.1f} ms: {base / seconds:.2f}x, "
                                  f"{achieved:.3g} TFLOP/s ({share:.0%} of {name} mm)", note)
 

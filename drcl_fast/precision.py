@@ -25,6 +25,9 @@ PRECISIONS = {
     "bf16": "bfloat16 operands, float32 accumulation (GPUs, and CPUs with AVX512-BF16 or AMX)",
 }
 DEFAULT_PRECISION = "fp32"
+# What docs/precision.md measured of bf16 against fp32 (tests/test_precision.py holds the two equal).
+BF16_MEASURED = ("with bf16's rounding emulated, the demo's MAP@all moved by +0.0004 (0.8450 against fp32's "
+                 "0.8447); its speed on such a CPU has not been measured yet")
 
 
 def flag_options() -> dict[str, object]:
@@ -73,6 +76,16 @@ def check_precision(precision: str, device: torch.device | str) -> None:
                               f"{torch.cuda.get_device_name(device)} is {major}.x: use --precision fp32")
         return
     raise ConfigError(f"--precision {precision} runs on CPUs and CUDA GPUs, not on {device.type}; use fp32")
+
+
+def bf16_hint(precision: str, device: torch.device | str) -> str | None:
+    """The line a float32 run on a CPU with native bf16 ends with: what --precision bf16 would change
+    there, as docs/precision.md measured it. None elsewhere (and for runs at another precision)."""
+    found = cpu_bf16_instructions() if precision == DEFAULT_PRECISION and torch.device(device).type == "cpu" else None
+    if found is None:
+        return None
+    return (f"this CPU multiplies bf16 natively ({found}): --precision bf16 would run the encoders' products in "
+            f"bf16 with float32 accumulation; {BF16_MEASURED} (docs/precision.md)")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ConfigError, NonFiniteLossError, OutputExistsError
 from drcl_fast.floor import Floor, UnitShape, forward_flops, matrix_rate, unit_flops
 from drcl_fast.modality import ModalityData
-from drcl_fast.precision import DEFAULT_PRECISION, check_precision, matrix_precision
+from drcl_fast.precision import DEFAULT_PRECISION, bf16_hint, check_precision, matrix_precision
 from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
 from drcl_fast.rsc import RSCResult, RSCSettings, reselect_on, train_rsc
@@ -150,6 +150,9 @@ def _fit(data: MultiModalData, cfg: DRCLConfig, views: list[int], device: torch.
         result.floor = Floor(run.flops, rate, result.phase_seconds["spl"] + result.phase_seconds["rsc"],
                              device.type, cfg.precision, None if cfg.precision == DEFAULT_PRECISION else fp32_rate)
         log.info(result.floor.line())
+        hint = bf16_hint(cfg.precision, device)
+        if hint is not None:
+            log.info(hint)
     if distributed.is_main():
         if result.lr_search:
             outputs.save_json(outputs.lr_search_path(cfg.out), {result.modalities[k]: r

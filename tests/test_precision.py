@@ -221,3 +221,29 @@ def test_the_floor_line_names_the_precision_and_the_float32_floor() -> None:
     assert line == ("training took 30 s, 66 % of this CPU's measured bf16 matrix-product speed (its encoder "
                     "products, 7.95 TFLOP, need 19.9 s at the measured 400 GFLOP/s; 53.0 s at its float32 rate, "
                     "150 GFLOP/s)")
+
+
+def test_a_float32_cpu_run_says_once_what_bf16_would_give_where_the_cpu_has_it(monkeypatch, mfeat,
+                                                                              tiny_config) -> None:
+    import logging
+    from pathlib import Path
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: "AMX")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("drcl_fast")
+    logger.addHandler(handler)
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        fit(mfeat, tiny_config.replace(epochs=1), progress=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+    hints = [line for line in seen if "multiplies bf16 natively" in line]
+    assert len(hints) == 1 and "(AMX)" in hints[0] and precision.BF16_MEASURED in hints[0]
+    docs = Path(__file__).resolve().parents[1] / "docs" / "precision.md"
+    assert precision.BF16_MEASURED in " ".join(docs.read_text().split())   # the figures come from the docs
+    assert precision.bf16_hint("bf16", "cpu") is None   # a bf16 run needs no hint
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: None)
+    assert precision.bf16_hint("fp32", "cpu") is None   # nor a CPU without bf16
