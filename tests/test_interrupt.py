@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -205,11 +206,13 @@ def test_under_torchrun_every_rank_stops_and_the_job_ends(reference, tmp_path):
 def ctrl_c_at(call: int, monkeypatch) -> None:
     """Ctrl-C from inside the `call`-th RSC batch of this process (a unit's thread: the signal reaches the
     main thread, as a terminal's does)."""
-    real, calls = rsc.batch_gradients, []
+    real, calls, lock = rsc.batch_gradients, [], threading.Lock()
 
     def counting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
+        with lock:      # two units' threads count here: unlocked, both could read 13 and skip 12
+            calls.append(1)
+            now = len(calls) == call
+        if now:
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
