@@ -1,7 +1,7 @@
 """Builds the optional C++ extensions; the metadata is in pyproject.toml.
 
-- drcl_fast._map_cpp (csrc/map_rank.cpp): MAP ranking and the top-k merge, pybind11 over numpy buffers;
-- drcl_fast._step_cpp (csrc/train_step.cpp): the CPU training step, against torch's C++
+- drcl_fast.retrieval._map_cpp (csrc/map_rank.cpp): MAP ranking and the top-k merge, pybind11 over numpy buffers;
+- drcl_fast.training._step_cpp (csrc/train_step.cpp): the CPU training step, against torch's C++
   API, so torch must be importable where it builds: `make install` runs pip with
   --no-build-isolation for that (an isolated build has no torch, and skips it).
 
@@ -30,18 +30,18 @@ REQUIRED = os.environ.get("DRCL_FAST_REQUIRE_EXTENSIONS") == "1"
 def extensions() -> list:
     if Pybind11Extension is None:
         if REQUIRED:
-            sys.exit("error: pybind11 is not installed, and DRCL_FAST_REQUIRE_EXTENSIONS=1 requires drcl_fast._map_cpp")
-        print("warning: pybind11 is not installed; drcl_fast._map_cpp is not built", file=sys.stderr)
+            sys.exit("error: pybind11 is not installed, and DRCL_FAST_REQUIRE_EXTENSIONS=1 requires drcl_fast.retrieval._map_cpp")
+        print("warning: pybind11 is not installed; drcl_fast.retrieval._map_cpp is not built", file=sys.stderr)
         return []
     # -O3 without -march=native or -ffast-math: the wheel must run on other CPUs and
     # keep IEEE comparisons, which the exact tie rule depends on.
-    ranking = Pybind11Extension("drcl_fast._map_cpp", ["csrc/map_rank.cpp"], depends=["csrc/rank.h", "csrc/topk.h"],
+    ranking = Pybind11Extension("drcl_fast.retrieval._map_cpp", ["csrc/map_rank.cpp"], depends=["csrc/rank.h", "csrc/topk.h"],
                                 cxx_std=17, extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"])
     return [ranking, *step_extension()]
 
 
 def step_extension() -> list:
-    """drcl_fast._step_cpp, built against the torch this build imports (torch's extension flags by hand,
+    """drcl_fast.training._step_cpp, built against the torch this build imports (torch's extension flags by hand,
     since one build command serves both extensions); none where torch is not importable."""
     try:
         import torch
@@ -49,13 +49,13 @@ def step_extension() -> list:
     except ImportError:
         if REQUIRED:
             sys.exit("error: torch is not importable in this build, and DRCL_FAST_REQUIRE_EXTENSIONS=1 requires "
-                     "drcl_fast._step_cpp: install torch first, then pip install --no-build-isolation -e .")
+                     "drcl_fast.training._step_cpp: install torch first, then pip install --no-build-isolation -e .")
         print("warning: torch is not importable in this build (pip's isolated build environment); "
-              "drcl_fast._step_cpp is not built: pip install --no-build-isolation builds it", file=sys.stderr)
+              "drcl_fast.training._step_cpp is not built: pip install --no-build-isolation builds it", file=sys.stderr)
         return []
     flags = ["-O3", "-std=c++20", "-DTORCH_EXTENSION_NAME=_step_cpp", "-DTORCH_API_INCLUDE_EXTENSION_H",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
-    return [CppExtension("drcl_fast._step_cpp", ["csrc/train_step.cpp"], extra_compile_args=flags)]
+    return [CppExtension("drcl_fast.training._step_cpp", ["csrc/train_step.cpp"], extra_compile_args=flags)]
 
 
 if build_ext is not None:

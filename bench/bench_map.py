@@ -45,7 +45,7 @@ def run(benchmark, fn, name, labels, extra):
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_evaluate_map(benchmark, data, backend, k):
     if backend == "cpp" and not cpp.AVAILABLE:
-        pytest.skip("drcl_fast._map_cpp is not built")
+        pytest.skip("drcl_fast.retrieval._map_cpp is not built")
     labels, d, expected = data
     value = run(benchmark, lambda: evaluate_map(d.query, d.query_labels, d.gallery, d.gallery_labels, k=k,
                                                 backend=backend),

@@ -2,8 +2,8 @@
 
 `torch` is the reference through autograd; `restructured-autograd` the restructured loss with
 the step through autograd; `restructured-python` the closed-form step in Python
-(drcl_fast/encoder_step.py); `restructured` the step the trainer runs on the CPU (that step as
-one C++ call where drcl_fast._step_cpp is built, the same bits).
+(drcl_fast/training/encoder_step.py); `restructured` the step the trainer runs on the CPU (that step as
+one C++ call where drcl_fast.training._step_cpp is built, the same bits).
 
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python -m pytest bench/bench_loss.py bench/bench_rsc_step.py \
         --benchmark-json=bench/results/loss_cpu.json           # with the loss cases: one table (bench_loss.py)
@@ -22,10 +22,10 @@ import torch
 
 from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
-from drcl_fast.optim import adam
-from drcl_fast.encoder_step import step_for
-from drcl_fast.rsc import RSCSettings, batch_gradients
-from drcl_fast.spl import initial_prior
+from drcl_fast.training.encoder_step import step_for
+from drcl_fast.training.optim import adam
+from drcl_fast.training.rsc import RSCSettings, batch_gradients
+from drcl_fast.training.spl import initial_prior
 
 TINY = os.environ.get("DRCL_BENCH_SIZE") == "tiny"
 SHAPES = {"demo": (140, 240, 1024, 512, 10), "loss-heavy": (1024, 256, 1024, 2048, 10)}

@@ -8,7 +8,7 @@ standardisation) is saved to a temporary folder; then `load_model` of that folde
 `TrainedModel.encode` of 100,000 random float32 rows are each timed three times after a warm-up
 (one load, one encode chunk), medians reported. The floor is the time the encoder's products,
 2 n (d H + H H + H D) FLOP, need at this machine's float32 matrix rate, measured as training's floor
-measures it (`drcl_fast.floor.matrix_rate`, at the encode chunk's rows x H by H x H product), the
+measures it (`drcl_fast.runtime.floor.matrix_rate`, at the encode chunk's rows x H by H x H product), the
 faster of a measurement before and one after the encodes.
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 import drcl_fast
-from drcl_fast.floor import matrix_rate
 from drcl_fast.model import seeded_encoder
-from drcl_fast.modality import ENCODE_CHUNK
+from drcl_fast.runtime.floor import matrix_rate
 from drcl_fast.serving import load_model
 from drcl_fast.serving.model_folder import ModalityEntry, model_of_run
+from drcl_fast.training.modality import ENCODE_CHUNK
 
 
 @dataclass(frozen=True)

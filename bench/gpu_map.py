@@ -15,9 +15,9 @@ from typing import Any, Callable
 import torch
 
 from drcl_fast.data.synthetic import make_retrieval_set
+from drcl_fast.kernels import map_topk
 from drcl_fast.retrieval import reference
 from drcl_fast.retrieval import triton as triton_backend
-from drcl_fast.kernels import map_topk
 from gpu_timing import peak_bytes, run_steps, timed
 from map_precision import compare
 

@@ -24,9 +24,8 @@ import torch
 
 from gpu_train import fast_dispatch, guarded
 from wiki_shaped import wiki_shaped
-from drcl_fast.config import DRCLConfig
-from drcl_fast.precision import PRECISIONS
-from drcl_fast.trainer import fit
+from drcl_fast.config import DRCLConfig, PRECISIONS
+from drcl_fast.training.trainer import fit
 
 SECTION = "gpu_pipeline"
 RELEASED_SECONDS = 132   # the released code's report for this run on its authors' GPU

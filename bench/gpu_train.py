@@ -29,22 +29,22 @@ import torch
 
 from bench_loss import forward_backward, loss_inputs
 from gpu_timing import peak_bytes, timed
-from drcl_fast import backends, ops
-from drcl_fast.config import DRCLConfig
+from drcl_fast import ops
+from drcl_fast.config import DRCLConfig, PRECISIONS
 from drcl_fast.data import load_mfeat
 from drcl_fast.data.container import MultiModalData, Split
-from drcl_fast.floor import step_flops
 from drcl_fast.kernels import linear_relu as linear_relu_module
 from drcl_fast.kernels.linear_relu import linear_relu
 from drcl_fast.kernels.mixup_project import MixupProject
 from drcl_fast.kernels.precision import precision
 from drcl_fast.model import seeded_encoder
 from drcl_fast.ops import reference
-from drcl_fast.optim import adam
-from drcl_fast.precision import PRECISIONS
-from drcl_fast.rsc import RSCSettings, batch_loss
-from drcl_fast.spl import initial_prior
-from drcl_fast.trainer import fit
+from drcl_fast.runtime import backends
+from drcl_fast.runtime.floor import step_flops
+from drcl_fast.training.optim import adam
+from drcl_fast.training.rsc import RSCSettings, batch_loss
+from drcl_fast.training.spl import initial_prior
+from drcl_fast.training.trainer import fit
 
 SECTION = "gpu_train"
 EPS32 = torch.finfo(torch.float32).eps
@@ -184,7 +184,7 @@ def matmul_rates(suite, cfg: dict) -> dict[str, float]:
 
 
 def rsc_step_flops(b: int, d_in: int, h: int, d: int, c: int) -> float:
-    """GEMM flops of one RSC step: the encoder's (drcl_fast/floor.py) and the loss's two B x B x D."""
+    """GEMM flops of one RSC step: the encoder's (drcl_fast/runtime/floor.py) and the loss's two B x B x D."""
     return step_flops(b, d_in, h, d, c, trains_prior=False) + 2 * 1.5 * b * b * d
 
 

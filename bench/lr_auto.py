@@ -20,7 +20,7 @@ import numpy as np
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import load_mfeat
 from drcl_fast.data.container import MultiModalData, Split
-from drcl_fast.trainer import fit
+from drcl_fast.training.trainer import fit
 
 
 def multilabel_views(rows: tuple[int, int, int], widths: tuple[int, ...], classes: int, seed: int = 0

@@ -38,7 +38,7 @@ from drcl_fast.data import load_dataset, load_mfeat, save_generic
 from drcl_fast.data.container import SPLITS, MultiModalData, Split
 from drcl_fast.data.mfeat import VIEWS
 from drcl_fast.errors import NonFiniteLossError
-from drcl_fast.trainer import fit, output_dim
+from drcl_fast.training.trainer import fit, output_dim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lr_auto import multilabel_views  # noqa: E402

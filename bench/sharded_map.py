@@ -104,8 +104,8 @@ class _Payload:
 def rank_worker(folder: str, mode: str, out: str) -> None:
     import torch
     import torch.distributed
-    from drcl_fast import distributed
     from drcl_fast.retrieval import evaluate_map, shard_slice
+    from drcl_fast.runtime import distributed
     shard = mode == "gallery"
     with distributed.process_group():
         total = len(np.load(Path(folder) / "g.npy", mmap_mode="r"))

@@ -19,7 +19,7 @@ version's tree, alternating the two in one session (the machine's load drifts):
     OMP_NUM_THREADS=2 python bench/train_cpu.py demo --units 1
     OMP_NUM_THREADS=2 PYTHONPATH=/path/to/old/tree python bench/train_cpu.py demo --units default
 
-`--precision bf16` runs the encoders' products in bf16 (drcl_fast.precision). Its speed needs a
+`--precision bf16` runs the encoders' products in bf16 (drcl_fast.runtime.precision). Its speed needs a
 CPU that multiplies bf16 natively (AVX512-BF16 or AMX); on one without, the script refuses it.
 `--emulate-bf16` runs a bf16 run's numerics on any CPU at float32 speed, for the quality (MAP)
 bars only: every bf16 matrix product (aten.mm / aten.addmm, default and out) is computed as the
@@ -48,9 +48,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from drcl_fast import trainer  # noqa: E402
 from drcl_fast.config import DRCLConfig  # noqa: E402
 from drcl_fast.data.container import MultiModalData, Split  # noqa: E402
+from drcl_fast.training import trainer  # noqa: E402
 
 WIKI_SIZED = {"rows": (2173, 231, 462), "widths": (128, 10), "classes": 10}
 NUS_LIKE = {"rows": (2500, 250, 500), "widths": (256, 128, 64), "classes": 21, "extra_labels": 0.9,
@@ -161,7 +161,8 @@ def emulated_bf16() -> Iterator[BF16Emulation]:
     bf16 instructions answers "emulated", and the Python step runs instead of the C++ one (whose calls
     a Python dispatch mode may not see: it makes them with the GIL released). Units must train one at a
     time (concurrent_units=1): a dispatch mode is per thread."""
-    from drcl_fast import encoder_step, precision
+    from drcl_fast.runtime import precision
+    from drcl_fast.training import encoder_step
     probe, step = precision.cpu_bf16_instructions, encoder_step._step_cpp
     precision.cpu_bf16_instructions = lambda: "emulated"
     encoder_step._step_cpp = None
@@ -235,7 +236,7 @@ def main() -> None:
                      "out or give 1")
     precision = "bf16" if emulate else args.precision or "fp32"
     if precision == "bf16" and not emulate:
-        from drcl_fast.precision import cpu_bf16_instructions
+        from drcl_fast.runtime.precision import cpu_bf16_instructions
         if cpu_bf16_instructions() is None:
             sys.exit("train_cpu.py: this CPU lacks AVX512-BF16/AMX (torch finds neither), and the bf16 speed bars "
                      "need a CPU with one; --emulate-bf16 measures a bf16 run's numerics (MAP) only")

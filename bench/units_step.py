@@ -4,8 +4,8 @@ Each of `--units` threads (one intra-op thread each) trains its own encoder on i
 data, step after step; the line per step kind is each thread's median time a step:
 
 - `autograd`: the step through autograd (the reference twin of the others);
-- `python`: the closed-form step in Python (drcl_fast/encoder_step.py);
-- `native`: that step as one C++ call, the GIL released (drcl_fast._step_cpp), what the
+- `python`: the closed-form step in Python (drcl_fast/training/encoder_step.py);
+- `native`: that step as one C++ call, the GIL released (drcl_fast.training._step_cpp), what the
   trainer runs where the extension is built.
 
     OMP_NUM_THREADS=2 python bench/units_step.py --phase rsc            # the demo's shapes
@@ -22,10 +22,11 @@ import time
 
 import torch
 
-from drcl_fast import encoder_step, ops, rsc, spl
+from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
-from drcl_fast.optim import adam
-from drcl_fast.spl import initial_prior
+from drcl_fast.training import encoder_step, rsc, spl
+from drcl_fast.training.optim import adam
+from drcl_fast.training.spl import initial_prior
 
 KINDS = ("autograd", "python", "native")
 

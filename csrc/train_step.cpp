@@ -1,7 +1,7 @@
-// drcl_fast._step_cpp: a CPU training step (SPL's or RSC's) in one call, the GIL released.
+// drcl_fast.training._step_cpp: a CPU training step (SPL's or RSC's) in one call, the GIL released.
 //
 // The same ATen ops, in the same order, as the Python closed-form step
-// (drcl_fast/encoder_step.py with the tails of rsc.py and spl.py, and the restructured
+// (drcl_fast/training/encoder_step.py with the tails of rsc.py and spl.py, and the restructured
 // loss of drcl_fast/ops/restructured.py), so the same bits: tests/test_step_cpp.py holds
 // them equal. What it saves is the Python between the ops, and, with units training at
 // once in threads, the waits for the GIL around each of them. The cases the restructured

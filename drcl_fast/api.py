@@ -12,7 +12,7 @@ from drcl_fast.config import DRCLConfig
 from drcl_fast.data import MultiModalData, load_dataset
 from drcl_fast.retrieval.report import DirectionResult
 from drcl_fast.serving.model_folder import TrainedModel, load_model
-from drcl_fast.trainer import FitResult, fit
+from drcl_fast.training.trainer import FitResult, fit
 
 ArrayLike = Union[np.ndarray, torch.Tensor, list]
 

@@ -2,16 +2,62 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
-from drcl_fast.argparsing import Parser
 from drcl_fast.flags import add_train_flags
 from drcl_fast.retrieval.eval_cli import add_eval_flags, run_eval
 from drcl_fast.serving.commands import add_index_flags, add_search_flags
 from drcl_fast.serving.export import add_export_flags
 from drcl_fast.studies.flags import add_ablate_flags, add_sweep_flags
+
+
+# Misspelt flags: plain argparse leaves a subcommand's unknown arguments to the top-level parser,
+# which prints the top-level usage and no hint; here the subcommand's own parser reports them,
+# with the closest known flag (`drcl-fast train: error: unrecognized arguments: --epocs 3;
+# did you mean --epochs?`).
+class Parser(argparse.ArgumentParser):
+    """argparse.ArgumentParser; unknown arguments are reported by the command they were given to."""
+
+    def parse_args(self, args: Sequence[str] | None = None,   # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            reject(self._command_parser(parsed), unknown)
+        return parsed
+
+    def _command_parser(self, parsed: argparse.Namespace) -> "argparse.ArgumentParser":
+        """The parser of the subcommand in `parsed` (this one if it has none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = getattr(parsed, action.dest, None)
+                if chosen in action.choices:
+                    return action.choices[chosen]
+        return self
+
+
+def closest_flag(parser: argparse.ArgumentParser, given: str) -> str | None:
+    """The known flag of `parser` nearest to `given` (ignoring case and any `=value`), if one is near."""
+    flag = given.split("=", 1)[0]
+    known: dict[str, str] = {}
+    for option in parser._option_string_actions:      # every spelling, dashed aliases included
+        known.setdefault(option.lower(), option)
+    match = difflib.get_close_matches(flag.lower(), [k for k in known if k.startswith("--")], n=1, cutoff=0.6)
+    return known[match[0]] if match else None
+
+
+def reject(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit as argparse does (usage, message, status 2) naming `unknown` and the flags they come nearest."""
+    hints = [(given.split("=", 1)[0], closest_flag(parser, given)) for given in unknown if given.startswith("-")]
+    hints = [(flag, near) for flag, near in hints if near is not None]
+    message = f"unrecognized argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}"
+    if len(hints) == 1:
+        message += f"; did you mean {hints[0][1]}?"
+    elif hints:
+        message += "; did you mean " + ", ".join(f"{near} for {flag}" for flag, near in hints) + "?"
+    parser.error(message)
 
 
 # Each command: its one-line help, its --help description, and what adds its flags.
@@ -52,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train as the flags say; under torchrun, this rank's share of the units (rank 0 reports)."""
-    from drcl_fast import distributed
     from drcl_fast.retrieval.report import format_table
-    from drcl_fast.runlog import output_lines, setup_run_logging
+    from drcl_fast.runtime import distributed
+    from drcl_fast.runtime.runlog import output_lines, setup_run_logging
     from drcl_fast.solver import Solver
 
     with distributed.process_group():
@@ -96,10 +142,10 @@ RUNS = {"eval": run_eval, "sweep": run_study, "ablate": run_study, "index": run_
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from drcl_fast import distributed, interrupt
     from drcl_fast.errors import DRCLError
+    from drcl_fast.runtime import distributed, interrupt
     where = f" (rank {distributed.launched_rank()})" if distributed.launched_by_torchrun() else ""
-    # SIGINT and SIGTERM stop the command at the units' next step, checkpoints saved (drcl_fast/interrupt.py);
+    # SIGINT and SIGTERM stop the command at the units' next step, checkpoints saved (drcl_fast/runtime/interrupt.py);
     # the handlers are put back after.
     with interrupt.on_signals(), interrupt.stage(STAGES.get(args.command, "start-up")):
         try:

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drcl_fast.errors import ConfigError
-from drcl_fast.precision import DEFAULT_PRECISION
 
 # The released main.py's --lr default; the released code indexes it by view.
 RELEASED_LR = (6e-6, 5e-3, 8e-4, 3e-3, 4e-4)
@@ -16,6 +15,19 @@ RELEASED_LR = (6e-6, 5e-3, 8e-4, 3e-3, 4e-4)
 RELEASED_DATASETS = ("wiki", "xmedia", "xmedianet", "nus", "INRIA-Websearch")
 
 PRIOR_CHOICES = ("spl", "file", "w0")
+
+# Every precision name, with what it means (drcl_fast/runtime/precision.py applies them): the CLI's
+# choices and help come from here.
+PRECISIONS = {
+    "fp32": "float32 products (the released behaviour)",
+    "tf32": "TensorFloat-32 tensor cores, float32 accumulation (GPUs only)",
+    "bf16": "bfloat16 operands, float32 accumulation (GPUs, and CPUs with AVX512-BF16 or AMX)",
+}
+DEFAULT_PRECISION = "fp32"
+
+# How --lr auto ranks candidate rates (drcl_fast/training/lr_search.py).
+CRITERIA = ("val_loss", "val_map")
+DEFAULT_CRITERION = "val_loss"
 
 
 AUTO = "auto"   # a setting the package picks: `lr` (searched), `concurrent_units` (for the device)
@@ -67,9 +79,9 @@ class DRCLConfig:
     checkpoint_every: int | None = None    # epochs between checkpoints; None: about once a minute; 0: none
     resume: bool = False                   # continue from the checkpoint of an interrupted run
     deterministic: bool = False            # deterministic GPU kernels (CPU runs are always reproducible)
-    precision: str = DEFAULT_PRECISION     # the encoders' matrix precision: fp32, tf32, bf16 (drcl_fast.precision)
+    precision: str = DEFAULT_PRECISION     # the encoders' matrix precision: fp32, tf32, bf16 (drcl_fast.runtime.precision)
     concurrent_units: int | str = "auto"   # modalities trained at once in this process (units.units_at_once)
-    lr_criterion: str = "val_loss"         # what --lr auto ranks rates by: "val_loss" or "val_map"
+    lr_criterion: str = DEFAULT_CRITERION       # what --lr auto ranks rates by: "val_loss" or "val_map"
     extra: dict[str, Any] = field(default_factory=dict)  # released flags with no effect here
 
     @classmethod

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from drcl_fast import backends, precision
 from drcl_fast.config import AUTO, DRCLConfig
 from drcl_fast.errors import ConfigError
+from drcl_fast.runtime import backends, precision
 
 # Released flags kept for compatibility that change nothing here.
 INERT_FLAGS = ("gpu_id", "just_val", "running_time")

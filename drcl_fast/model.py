@@ -18,7 +18,7 @@ def head_bound(input_dim: int) -> float:
 class Encoder(nn.Module):
     """Linear(d, H) -> ReLU -> Linear(H, H) -> ReLU -> Linear(H, D, no bias) -> unit rows.
 
-    `compute_dtype` is the dtype of its products' operands (drcl_fast.precision): bfloat16 casts the
+    `compute_dtype` is the dtype of its products' operands (drcl_fast.runtime.precision): bfloat16 casts the
     input, the weights and the biases for the three products, as ``torch.autocast`` would, and the
     last product's output back to the weights' dtype before the rows are normalised; None casts nothing.
     """

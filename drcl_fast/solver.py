@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 
-from drcl_fast import distributed
 from drcl_fast.data import load_dataset
 from drcl_fast.flags import add_train_flags, config_from_flags
 from drcl_fast.retrieval.report import result_line
-from drcl_fast.trainer import FitResult, fit
+from drcl_fast.runtime import distributed
+from drcl_fast.training.trainer import FitResult, fit
 
 
 def released_defaults() -> argparse.Namespace:

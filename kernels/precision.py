@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from drcl_fast.precision import DEFAULT_PRECISION, PRECISIONS
+from drcl_fast.config import DEFAULT_PRECISION, PRECISIONS
 
-# A run sets it for its length (drcl_fast.precision.matrix_precision); kernel tests and benchmarks
+# A run sets it for its length (drcl_fast.runtime.precision.matrix_precision); kernel tests and benchmarks
 # through the `precision` context.
 _current = [DEFAULT_PRECISION]
 

@@ -15,8 +15,8 @@ import pytest  # noqa: E402
 
 from drcl_fast.config import DRCLConfig  # noqa: E402
 from drcl_fast.data import load_mfeat  # noqa: E402
-from drcl_fast import encoder_step  # noqa: E402
 from drcl_fast.retrieval import cpp  # noqa: E402
+from drcl_fast.training import encoder_step  # noqa: E402
 
 # A GPU launch passes a Python float kernel argument as a float32 parameter (`.param .f32`),
 # one annotated `x: tl.float64` as float64; the interpreter hands the kernel the Python float

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from drcl_fast import distributed
 from drcl_fast.errors import DRCLError
 from drcl_fast.retrieval import evaluate_map
+from drcl_fast.runtime import distributed
 
 
 def evaluate(case: dict, rank: int, world: int, groups: dict) -> dict:

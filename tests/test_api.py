@@ -52,7 +52,7 @@ def test_deterministic_fit_restores_the_callers_mode(tmp_path, mfeat, monkeypatc
         seen.append((torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
         raise _StopTraining
 
-    monkeypatch.setattr("drcl_fast.trainer._fit", failing_run)
+    monkeypatch.setattr("drcl_fast.training.trainer._fit", failing_run)
     torch.use_deterministic_algorithms(before, warn_only=before)
     try:
         config = DRCLConfig.preset("mfeat", out=str(tmp_path), deterministic=True, **TWO_VIEWS)

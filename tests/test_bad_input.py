@@ -13,7 +13,7 @@ import scipy.io as sio
 from drcl_fast.cli import main
 from drcl_fast.data import MultiModalData, Split, load_dataset, load_generic, save_generic
 from drcl_fast.errors import BackendError, ConfigError, DataError, DataWarning, OutputError
-from drcl_fast.trainer import fit
+from drcl_fast.training.trainer import fit
 
 
 def toy(train_y=None, test_y=None, width=(4, 3), rows=(12, 6, 6), **change) -> MultiModalData:

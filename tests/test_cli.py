@@ -14,11 +14,11 @@ import pytest
 import scipy.io as sio
 
 from drcl_fast import Solver
-from drcl_fast.backends import BACKENDS
 from drcl_fast.cli import main
 from drcl_fast.errors import ConfigError
 from drcl_fast.flags import config_from_flags, str2bool
 from drcl_fast.retrieval import cpp as retrieval_cpp
+from drcl_fast.runtime.backends import BACKENDS
 
 TINY = ["--datasets", "mfeat", "--epochs", "3", "--hidden_shape", "32", "--output-shape", "16",
         "--batch_size", "200", "--device", "cpu"]

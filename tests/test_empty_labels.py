@@ -17,9 +17,9 @@ import torch
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import MultiModalData, Split, load_generic, save_generic
 from drcl_fast.errors import DataWarning, NonFiniteLossError
-from drcl_fast.modality import ModalityData
-from drcl_fast.spl import initial_prior, learn_prior
-from drcl_fast.trainer import fit
+from drcl_fast.training.modality import ModalityData
+from drcl_fast.training.spl import initial_prior, learn_prior
+from drcl_fast.training.trainer import fit
 
 CLASSES = 10
 ROWS = {"train": 240, "valid": 60, "test": 60}

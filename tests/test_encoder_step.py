@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drcl_fast import ops, rsc, spl
-from drcl_fast.encoder_step import EncoderStep, closed_form_applies, step_for
+from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
-from drcl_fast.spl import initial_prior
+from drcl_fast.training import rsc, spl
+from drcl_fast.training.encoder_step import EncoderStep, closed_form_applies, step_for
+from drcl_fast.training.spl import initial_prior
 
 # Odd sizes: no width a multiple of a vector or a block. At B rows the RSC loss is the reference
 # (autograd runs the step's tail); at LOSS_BY_HAND_ROWS the restructured engine, whose gradients the
@@ -130,7 +131,7 @@ def test_the_triton_layers_keep_autograd(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_short_training_run_matches_the_autograd_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same seed, with and without the closed form: per-epoch losses to float32 rounding, the same
     selection, test embeddings close."""
-    from drcl_fast.modality import ModalityData
+    from drcl_fast.training.modality import ModalityData
     g = torch.Generator().manual_seed(7)
     n, c = 60, 4
     labels = torch.randint(0, c, (n,), generator=g)
@@ -151,7 +152,8 @@ def test_a_short_training_run_matches_the_autograd_one(monkeypatch: pytest.Monke
 
 
 def test_without_the_extension_the_python_step_runs_and_says_so_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from drcl_fast import backends, encoder_step
+    from drcl_fast.runtime import backends
+    from drcl_fast.training import encoder_step
     monkeypatch.setattr(encoder_step, "_step_cpp", None)
     monkeypatch.setattr(encoder_step, "NATIVE_AVAILABLE", False)
     monkeypatch.setattr(backends, "_already_said", set())

@@ -73,7 +73,7 @@ def test_known_dataset_names_and_quiet(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("backend", [pytest.param("cpp", marks=pytest.mark.skipif(
-    not cpp.AVAILABLE, reason="drcl_fast._map_cpp is not built")), "torch"])
+    not cpp.AVAILABLE, reason="drcl_fast.retrieval._map_cpp is not built")), "torch"])
 def test_npz_and_pt_files_multilabel_with_pr_curves(tmp_path, capsys, backend):
     (a, ya), (b, yb), _ = modalities(2, multilabel=True)
     np.savez(tmp_path / "img.npz", embeddings=a, labels=ya)

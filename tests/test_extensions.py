@@ -15,8 +15,8 @@ SWITCH = "DRCL_FAST_REQUIRE_EXTENSIONS"
 
 
 def run_suite_without_the_extension(require: bool) -> subprocess.CompletedProcess:
-    """A short pytest run in a process where `import drcl_fast._map_cpp` fails, as after a failed build."""
-    script = ("import sys; sys.modules['drcl_fast._map_cpp'] = None; import pytest; "
+    """A short pytest run in a process where `import drcl_fast.retrieval._map_cpp` fails, as after a failed build."""
+    script = ("import sys; sys.modules['drcl_fast.retrieval._map_cpp'] = None; import pytest; "
               "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_model.py']))")
     env = {k: v for k, v in os.environ.items() if k != SWITCH} | ({SWITCH: "1"} if require else {})
     return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -26,7 +26,7 @@ def run_suite_without_the_extension(require: bool) -> subprocess.CompletedProces
 def test_the_switch_turns_a_missing_extension_into_a_failing_run():
     required = run_suite_without_the_extension(require=True)
     assert required.returncode != 0
-    assert "drcl_fast._map_cpp is not built" in required.stdout + required.stderr
+    assert "drcl_fast.retrieval._map_cpp is not built" in required.stdout + required.stderr
     assert run_suite_without_the_extension(require=False).returncode == 0   # users keep the fallback
 
 
@@ -59,5 +59,5 @@ def test_a_broken_build_fails_under_the_switch_and_warns_without(tmp_path):
     assert required.returncode != 0 and "deliberately broken" in required.stderr
     optional, tree = build_broken_extension(tmp_path / "optional", require=False)
     assert optional.returncode == 0
-    assert "drcl_fast._map_cpp was not built" in optional.stderr
+    assert "drcl_fast.retrieval._map_cpp was not built" in optional.stderr
     assert not list((tree / "drcl_fast").glob("_map_cpp*")), "a stale build would be imported as this one"

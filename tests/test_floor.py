@@ -1,13 +1,13 @@
-"""The matrix floor a run reports (drcl_fast/floor.py) counts the products the run makes."""
+"""The matrix floor a run reports (drcl_fast/runtime/floor.py) counts the products the run makes."""
 from __future__ import annotations
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from drcl_fast.config import DRCLConfig
-from drcl_fast.floor import Floor, matrix_rate
-from drcl_fast import trainer
-from drcl_fast.trainer import fit
+from drcl_fast.runtime.floor import Floor, matrix_rate
+from drcl_fast.training import trainer
+from drcl_fast.training.trainer import fit
 
 aten = torch.ops.aten
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from drcl_fast import interrupt, rsc
 from drcl_fast.cli import main
 from drcl_fast.errors import OutputExistsError
-from drcl_fast.trainer import fit
+from drcl_fast.runtime import interrupt
+from drcl_fast.training import rsc
+from drcl_fast.training.trainer import fit
 from tests.torchrun import torchrun_command, torchrun_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,9 @@ CRASHES = ("Traceback", "terminate called", "core dumped")
 # in which a second signal must end the process at once and leave the previous checkpoint whole.
 SLOW_SAVE = """
 import sys, time
-from drcl_fast import checkpoint, cli, interrupt
+from drcl_fast import cli
+from drcl_fast.runtime import interrupt
+from drcl_fast.training import checkpoint
 real = checkpoint.atomic_write
 def slow(path, write):
     def half(tmp):

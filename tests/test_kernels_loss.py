@@ -11,8 +11,9 @@ import importlib
 import pytest
 import torch
 
-from drcl_fast import backends, ops
+from drcl_fast import ops
 from drcl_fast.ops import reference
+from drcl_fast.runtime import backends
 from tests.kernel_numerics import (DEVICE, assert_float64_equal, assert_within_rule, generator, needs_triton,
                                    rel_err)
 
@@ -411,7 +412,8 @@ import inspect, json, os, re, sys
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import _normalize_ty
-from drcl_fast.kernels import drcl_loss, gce, mixup_project as mp
+from drcl_fast.kernels import drcl_loss, gce
+from drcl_fast.kernels import mixup_project as mp
 FLOATS = {"gamma", "scale", "eps", "grad_scale", "q", "inv_b"}   # a GPU launch makes a Python float .f32
 APPROX = r"\b(div\.full\.f32|div\.approx\.f32|sqrt\.approx\.\w+|ex2\.approx\.\w+)"
 out = []

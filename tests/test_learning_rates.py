@@ -13,7 +13,7 @@ from drcl_fast.data import MultiModalData, save_generic
 from drcl_fast.data.released import RELEASED
 from drcl_fast.errors import ConfigError
 from drcl_fast.flags import add_train_flags, config_from_flags
-from drcl_fast.trainer import fit
+from drcl_fast.training.trainer import fit
 
 TINY = ["--epochs", "2", "--hidden_shape", "32", "--output_shape", "16", "--batch_size", "200", "--device", "cpu"]
 

@@ -1,4 +1,4 @@
-"""`--lr auto`: the learning-rate search per modality (drcl_fast/lr_search.py) and its place in a run."""
+"""`--lr auto`: the learning-rate search per modality (drcl_fast/training/lr_search.py) and its place in a run."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drcl_fast import lr_search
 from drcl_fast.data.container import MultiModalData, Split
 from drcl_fast.errors import ConfigError
-from drcl_fast.trainer import fit
+from drcl_fast.training import lr_search
+from drcl_fast.training.trainer import fit
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from drcl_fast.model import Encoder, seeded_encoder
-from drcl_fast.modality import epoch_draws
-from drcl_fast.spl import SPLResult, initial_prior, select_prior
+from drcl_fast.training.modality import epoch_draws
+from drcl_fast.training.spl import SPLResult, initial_prior, select_prior
 
 
 def test_encoder_shape_init_and_unit_rows():

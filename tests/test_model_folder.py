@@ -23,7 +23,7 @@ from drcl_fast.errors import ModelError, OutputExistsError
 from drcl_fast.outputs import load_features
 from drcl_fast.serving import GalleryIndex, build_index
 from drcl_fast.serving.model_folder import FORMAT_VERSION, MANIFEST, WEIGHTS
-from drcl_fast.trainer import fit
+from drcl_fast.training.trainer import fit
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--epochs", "2", "--hidden_shape", "32", "--output_shape", "16", "--batch_size", "100", "--device", "cpu",
@@ -75,7 +75,7 @@ import sys, numpy as np
 from drcl_fast import load_model
 from drcl_fast.data.mfeat import load_mfeat_raw
 from drcl_fast.outputs import load_features
-assert "drcl_fast.trainer" not in sys.modules
+assert "drcl_fast.training.trainer" not in sys.modules
 model = load_model({str(mfeat_run / 'model')!r})
 raw, _ = load_mfeat_raw("test")
 for k in range(6):

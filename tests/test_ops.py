@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from drcl_fast import ops
-from drcl_fast.backends import BackendError
 from drcl_fast.ops import reference
+from drcl_fast.runtime.backends import BackendError
 
 
 def softmax_row(row):
@@ -116,7 +116,7 @@ def test_pinv_properties():
 
 
 def test_pinv_of_orthonormal_columns_is_the_transpose():
-    from drcl_fast.spl import initial_prior
+    from drcl_fast.training.spl import initial_prior
     w0 = initial_prior(32, 5, seed=1)
     torch.testing.assert_close(reference.prior_pinv(w0), w0.t(), rtol=0, atol=1e-5)
 

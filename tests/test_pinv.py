@@ -9,7 +9,7 @@ import torch
 from drcl_fast import ops
 from drcl_fast.ops import pinv as pinv_module
 from drcl_fast.ops.pinv import IllConditionedPriorWarning, prior_pinv
-from drcl_fast.spl import initial_prior
+from drcl_fast.training.spl import initial_prior
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 This CPU may lack native bf16 instructions, where torch emulates bf16 products (correct, slow): the
 probe is mocked so that the bf16 paths run at small sizes here; the speed is measured in
-bench/precision.py on a CPU that has them.
+bench/train_cpu.py --precision on a CPU that has them.
 """
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from drcl_fast import DRCL, DRCLConfig, ops, precision, rsc, spl
-from drcl_fast.trainer import fit
-from drcl_fast.encoder_step import EncoderStep
+from drcl_fast import DRCL, DRCLConfig, ops
 from drcl_fast.errors import CheckpointError, ConfigError
-from drcl_fast.floor import Floor
 from drcl_fast.model import seeded_encoder
 from drcl_fast.ops import reference
+from drcl_fast.runtime import precision
+from drcl_fast.runtime.floor import Floor
 from drcl_fast.serving import load_model
+from drcl_fast.training import rsc, spl
+from drcl_fast.training.encoder_step import EncoderStep
+from drcl_fast.training.trainer import fit
 from tests.test_encoder_step import step_batch
 from tests.test_resume import fit_interrupted
 

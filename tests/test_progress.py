@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drcl_fast import progress
 from drcl_fast.retrieval import evaluate_directions
+from drcl_fast.runtime import progress
 
 REPO = Path(__file__).resolve().parent.parent
 # Two units at once (a thread each): the case whose two bars interleaved in a log.

@@ -15,9 +15,9 @@ import pytest
 import scipy.io as sio
 import torch
 
-from drcl_fast import rsc
 from drcl_fast.errors import CheckpointError, NonFiniteLossError
-from drcl_fast.trainer import fit
+from drcl_fast.training import rsc
+from drcl_fast.training.trainer import fit
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, "-m", "drcl_fast", "train", "--datasets", "mfeat", "--epochs", "5", "--hidden_shape", "48",

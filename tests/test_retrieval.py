@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from drcl_fast.backends import BackendError
 from drcl_fast.retrieval import (DirectionResult, evaluate_directions, evaluate_map, format_table,
                                  metrics_dict, result_line)
 from drcl_fast.retrieval.reference import (DEFAULT_MAX_MEMORY, auto_chunk_size, average_precisions,
                                            average_precisions_from_scores, check_inputs, chunk_scores,
                                            unit_rows)
+from drcl_fast.runtime.backends import BackendError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -306,7 +306,7 @@ def test_evaluate_directions_matches_pairs():
 
 
 def test_progress_bar(capsys, monkeypatch):
-    monkeypatch.setattr("drcl_fast.progress.on_terminal", lambda stream=None: True)   # bars on a terminal only
+    monkeypatch.setattr("drcl_fast.runtime.progress.on_terminal", lambda stream=None: True)   # bars on a terminal only
     rng = np.random.default_rng(9)
     embeddings, labels, names = three_modalities(rng)
     evaluate_directions(embeddings, labels, names, progress=True)

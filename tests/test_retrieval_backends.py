@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from drcl_fast import backends
 from drcl_fast.errors import BackendError, ConfigError, DataError
 from drcl_fast.retrieval import cpp, evaluate_directions, evaluate_map, reference
 from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.retrieval.labels import encode, pack_bits
 from drcl_fast.retrieval.pr import default_cutoffs, plot_curves, precision_recall, save_curves_csv
+from drcl_fast.runtime import backends
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"  # where the Triton functions run (CPU: the interpreter)
-needs_cpp = pytest.mark.skipif(not cpp.AVAILABLE, reason="drcl_fast._map_cpp is not built here")
+needs_cpp = pytest.mark.skipif(not cpp.AVAILABLE, reason="drcl_fast.retrieval._map_cpp is not built here")
 needs_triton = pytest.mark.skipif(not triton_backend.AVAILABLE, reason="triton is not installed")
 
 
@@ -132,7 +132,7 @@ def test_cpp_one_score_throughout_ranks_by_index(gallery_size):
 @needs_cpp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpp_negative_zero_ties_with_zero(dtype):
-    from drcl_fast import _map_cpp
+    from drcl_fast.retrieval import _map_cpp
     # -0.0 and 0.0 compare equal, so they tie and rank by index, on both ranking paths.
     row = np.array([-0.0, 0.0, -0.0, 0.5, -0.25, 0.0] + [-1.0] * 42, dtype=dtype)
     labels = np.zeros(48, np.int64)
@@ -154,7 +154,7 @@ def test_cpp_chunking_and_threads_do_not_change_results(multilabel, monkeypatch)
 
 @needs_cpp
 def test_cpp_extension_rejects_inconsistent_arrays():
-    from drcl_fast import _map_cpp
+    from drcl_fast.retrieval import _map_cpp
     scores = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="one row per score column"):
         _map_cpp.average_precisions(scores, np.zeros(2, np.int64), np.zeros(4, np.int64), 3, False, 1)

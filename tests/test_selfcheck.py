@@ -1,4 +1,4 @@
-"""The Triton kernels' runtime self-check (drcl_fast.selfcheck), through dispatch.
+"""The Triton kernels' runtime self-check (drcl_fast.runtime.selfcheck), through dispatch.
 
 Failures are injected by replacing a kernel's launch object (kernel[grid](...)) with
 one that raises from a frame of Triton's own code, or a kernel module's entry point
@@ -21,12 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from drcl_fast import backends, ops, runtime, selfcheck
+from drcl_fast import ops
 from drcl_fast.errors import BackendError
 from drcl_fast.retrieval import dispatch, evaluate_map
 from drcl_fast.retrieval import reference as retrieval_reference
 from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.retrieval.pr import precision_recall
+from drcl_fast.runtime import backends, machine, selfcheck
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="Triton is not installed")
@@ -326,20 +327,20 @@ def test_a_gpu_older_than_volta_is_a_failed_check(op, monkeypatch):
 
 def test_check_backends_runs_the_checks_before_training(monkeypatch):
     runs = count_runs(monkeypatch)
-    runtime.check_backends("triton", DEVICE)
+    machine.check_backends("triton", DEVICE)
     assert sorted(runs) == sorted(op.name for op in OPS)
     assert all(v.ok for v in selfcheck.verdicts().values())
-    runtime.check_backends("triton", DEVICE)   # known: not checked again
+    machine.check_backends("triton", DEVICE)   # known: not checked again
     assert len(runs) == len(OPS)
 
 
 def test_check_backends_refuses_or_warns_about_a_failing_kernel(monkeypatch):
     inject(OPS[2], "resources", monkeypatch)     # the GEMM: linear_relu (mixup_project's GEMM too)
     with pytest.raises(BackendError, match="linear_relu: backend 'triton' failed its self-check.*OutOfResources"):
-        runtime.check_backends("triton", DEVICE)
+        machine.check_backends("triton", DEVICE)
     selfcheck.reset()
     with pytest.warns(RuntimeWarning) as caught:
-        runtime.check_backends("auto", DEVICE)
+        machine.check_backends("auto", DEVICE)
     said = runtime_warnings(caught)
     assert {message.split(":")[0] for message in said} == {"linear_relu", "mixup_project"}
     assert all("OutOfResources" in message for message in said)
@@ -348,9 +349,9 @@ def test_check_backends_refuses_or_warns_about_a_failing_kernel(monkeypatch):
 def test_check_backends_on_an_old_gpu(monkeypatch):
     simulate_gpu(monkeypatch, capability=(5, 2), name="Tesla M60")
     with pytest.raises(BackendError, match="compute capability 5.2 is below 7.0"):
-        runtime.check_backends("triton", CUDA0)
+        machine.check_backends("triton", CUDA0)
     with pytest.warns(RuntimeWarning) as caught:
-        runtime.check_backends("auto", CUDA0)
+        machine.check_backends("auto", CUDA0)
     assert len(runtime_warnings(caught)) == len(OPS)
     assert all("Tesla M60" in message for message in runtime_warnings(caught))
 

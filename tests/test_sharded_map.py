@@ -25,7 +25,7 @@ from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.retrieval.labels import encode
 from tests.torchrun import REPO, run_torchrun
 
-needs_cpp = pytest.mark.skipif(not cpp.AVAILABLE, reason="drcl_fast._map_cpp is not built here")
+needs_cpp = pytest.mark.skipif(not cpp.AVAILABLE, reason="drcl_fast.retrieval._map_cpp is not built here")
 SUMMATIONS = ["torch", pytest.param("cpp", marks=needs_cpp)]
 BACKENDS = ["auto", "torch"]  # auto: cpp where it is built, as a user gets it
 

@@ -1,15 +1,16 @@
-"""The C++ training step (drcl_fast._step_cpp) against the Python closed-form step: the same bits."""
+"""The C++ training step (drcl_fast.training._step_cpp) against the Python closed-form step: the same bits."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from drcl_fast import encoder_step, ops, rsc, spl
-from drcl_fast.encoder_step import EncoderStep
+from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
+from drcl_fast.training import encoder_step, rsc, spl
+from drcl_fast.training.encoder_step import EncoderStep
 from tests.test_encoder_step import step_batch
 
-pytestmark = pytest.mark.skipif(not encoder_step.NATIVE_AVAILABLE, reason="drcl_fast._step_cpp is not built "
+pytestmark = pytest.mark.skipif(not encoder_step.NATIVE_AVAILABLE, reason="drcl_fast.training._step_cpp is not built "
                                 "(make test requires it: tests/conftest.py)")
 
 # (B, d_in, H, D, C, dtype): the demo's step; odd sizes with the recast as a sparse product (C = 5) or a

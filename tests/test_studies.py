@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from drcl_fast import trainer
 from drcl_fast.cli import main
 from drcl_fast.studies import points
 from drcl_fast.studies.ablate import mean_spread
+from drcl_fast.training import trainer
 from tests.torchrun import run_torchrun
 
 TINY = ["--datasets", "mfeat", "--epochs", "2", "--hidden_shape", "32", "--output_shape", "16",

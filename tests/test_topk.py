@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from drcl_fast import selfcheck
 from drcl_fast.errors import BackendError, ConfigError, DataError
 from drcl_fast.retrieval import cpp, reference, topk
 from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.retrieval.sharded import SCORE_ALIGN
+from drcl_fast.runtime import selfcheck
 
 from drcl_fast.retrieval import nearest as search
 ROOT = Path(__file__).resolve().parent.parent
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"  # where the Triton functions run (CPU: the interpreter)
-needs_cpp = pytest.mark.skipif(not cpp.AVAILABLE, reason="drcl_fast._map_cpp is not built here")
+needs_cpp = pytest.mark.skipif(not cpp.AVAILABLE, reason="drcl_fast.retrieval._map_cpp is not built here")
 needs_triton = pytest.mark.skipif(not triton_backend.AVAILABLE, reason="triton is not installed")
 EXACT_BACKENDS = ["torch", pytest.param("cpp", marks=needs_cpp)]
 BITS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
@@ -244,7 +244,7 @@ def test_unknown_and_unusable_backends(monkeypatch):
 
 @needs_cpp
 def test_the_cpp_merge_checks_its_inputs_and_keeps_ties_in_index_order():
-    from drcl_fast import _map_cpp
+    from drcl_fast.retrieval import _map_cpp
     best, where = np.full((2, 3), -np.inf, np.float32), np.full((2, 3), -1, np.int64)
     # Two blocks in gallery order; row 0 ties at 0.5 across them, row 1 fills from both.
     _map_cpp.topk_merge(np.array([[0.5, 0.1], [0.2, 0.3]], np.float32), 0, best, where, 1)

@@ -8,13 +8,14 @@ import pytest
 import scipy.io as sio
 import torch
 
-from drcl_fast import DRCL, rsc
-from drcl_fast.modality import ModalityData, encode
+from drcl_fast import DRCL
 from drcl_fast.model import encoder_from_state
 from drcl_fast.ops import reference
 from drcl_fast.outputs import OutputExistsError
-from drcl_fast.spl import initial_prior
-from drcl_fast.trainer import fit
+from drcl_fast.training import rsc
+from drcl_fast.training.modality import ModalityData, encode
+from drcl_fast.training.spl import initial_prior
+from drcl_fast.training.trainer import fit
 
 
 def test_short_training_beats_random_retrieval_by_far(mfeat, tiny_config):
@@ -142,10 +143,10 @@ def test_modern_api_encodes_with_the_selected_encoder(mfeat, tiny_config):
 
 def test_an_evaluator_backend_missing_here_is_refused_before_training(mfeat, tiny_config, monkeypatch):
     """--backend cpp names the evaluator only: without the extension the run stops before it trains."""
-    from drcl_fast.backends import BackendError
     from drcl_fast.retrieval import cpp
+    from drcl_fast.runtime.backends import BackendError
     monkeypatch.setattr(cpp, "AVAILABLE", False)
-    monkeypatch.setattr("drcl_fast.trainer._fit", lambda *args: pytest.fail("training started"))
+    monkeypatch.setattr("drcl_fast.training.trainer._fit", lambda *args: pytest.fail("training started"))
     with pytest.raises(BackendError, match="evaluate_map: backend 'cpp' is not available"):
         fit(mfeat, tiny_config.replace(backend="cpp"), progress=False)
 
@@ -154,14 +155,14 @@ def test_an_evaluator_backend_missing_here_is_refused_before_training(mfeat, tin
                     reason="needs a CUDA GPU: host synchronisation, which this checks for, exists only there")
 def test_the_batch_loops_make_no_host_synchronisation_on_a_gpu(mfeat, tiny_config, monkeypatch):
     """Every SPL and RSC batch loop of a whole run under torch.cuda.set_sync_debug_mode("error")."""
-    from drcl_fast.modality import SYNC_CHECK_ENV
+    from drcl_fast.training.modality import SYNC_CHECK_ENV
     monkeypatch.setenv(SYNC_CHECK_ENV, "1")
     result = fit(mfeat, tiny_config.replace(device="cuda", epochs=2), progress=False)
     assert torch.cuda.get_sync_debug_mode() == 0 and result.metrics[0].mean > 0.1
 
 
 def test_the_sync_check_does_nothing_on_the_cpu(monkeypatch):
-    from drcl_fast.modality import SYNC_CHECK_ENV, batch_loop
+    from drcl_fast.training.modality import SYNC_CHECK_ENV, batch_loop
     monkeypatch.setenv(SYNC_CHECK_ENV, "1")
     with batch_loop(torch.device("cpu")):
         assert float(torch.ones(2).sum()) == 2.0   # a host read: allowed on the CPU

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from drcl_fast import backends, ops
+from drcl_fast import ops
 from drcl_fast.data.container import MultiModalData, Split
-from drcl_fast.modality import ModalityData
 from drcl_fast.model import seeded_encoder
 from drcl_fast.retrieval import evaluate_map
-from drcl_fast.rsc import RSCSettings, batch_loss, train_rsc
-from drcl_fast.spl import initial_prior
+from drcl_fast.runtime import backends
+from drcl_fast.training.modality import ModalityData
+from drcl_fast.training.rsc import RSCSettings, batch_loss, train_rsc
+from drcl_fast.training.spl import initial_prior
 from tests.kernel_numerics import HAVE_TRITON
 
 VIEWS = (0, 3)   # fou and pix: the weakest and a strong view of mfeat

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drcl_fast.trainer import fit
-from drcl_fast.units import Unit, makespan, plan, plan_lines, run_concurrently, units_at_once
+from drcl_fast.training.trainer import fit
+from drcl_fast.training.units import Unit, makespan, plan, plan_lines, run_concurrently, units_at_once
 
 
 def units_of(costs: list[int]) -> list[Unit]:
@@ -132,7 +132,7 @@ def test_a_run_with_modalities_at_once_equals_the_run_one_after_another(mfeat, t
 
 
 def test_units_run_one_after_another_only_where_the_interpreter_would_run_their_kernels(monkeypatch):
-    from drcl_fast import backends
+    from drcl_fast.runtime import backends
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert backends.interprets_triton("triton", "cpu")
     assert not backends.interprets_triton("auto", "cpu")          # the CPU's auto choice is the restructured loss

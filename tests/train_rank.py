@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-from drcl_fast import cli, trainer
+from drcl_fast import cli
+from drcl_fast.training import trainer
 
 FAIL_NAME = os.environ.get("DRCL_TEST_FAIL_NAME")
 FIRST_ATTEMPT = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"

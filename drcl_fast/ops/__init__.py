@@ -14,7 +14,7 @@ fused paths treat targets, L = W+ and the prior as constants (as RSC does); if o
 of them requires a gradient, the reference runs instead. Under
 ``torch.use_deterministic_algorithms(True)`` "triton" gives way to the next fastest:
 its atomic adds and autotuned blocks are not bitwise reproducible. Before a Triton
-op first runs on a device, its probe (``probes.py``, run by ``drcl_fast.selfcheck``) compares it with
+op first runs on a device, its probe (``probes.py``, run by ``drcl_fast.runtime.selfcheck``) compares it with
 the reference on a tiny input; a kernel that fails is passed over (``backends.choose``).
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Callable
 
 import torch
 
-from drcl_fast.backends import choose, pick, picks_automatically, say_once
 from drcl_fast.kernels.fused_loss import combine
 from drcl_fast.ops import custom_ops, probes, reference, restructured
 from drcl_fast.ops.pinv import prior_pinv
 from drcl_fast.ops.reference import feature_mixup, gce_q, mix_rows
+from drcl_fast.runtime.backends import choose, pick, picks_automatically, say_once
 
 try:
     from drcl_fast.kernels import drcl_loss as _triton_loss

@@ -1,4 +1,4 @@
-"""The Triton training ops' self-check probes (``drcl_fast.selfcheck``).
+"""The Triton training ops' self-check probes (``drcl_fast.runtime.selfcheck``).
 
 Each runs the registered "triton" implementation and the float64
 reference on one tiny input of odd sizes, forward and backward. Entries are multiples of
@@ -11,8 +11,8 @@ from typing import Callable, Mapping
 
 import torch
 
-from drcl_fast import selfcheck
 from drcl_fast.ops import reference
+from drcl_fast.runtime import selfcheck
 
 
 def register(registries: Mapping[str, Mapping[str, Callable | None]]) -> None:

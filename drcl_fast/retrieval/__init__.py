@@ -12,15 +12,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from drcl_fast import progress as progress_bars
 from drcl_fast.errors import ConfigError, DRCLError
 from drcl_fast.retrieval import dispatch, reference
-from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
-from drcl_fast.retrieval.sharded import shard_slice, sharded_average_precisions
 from drcl_fast.retrieval.metrics import (MetricSpec, check_modalities, evaluate_metrics, instance_ranks,
                                          instance_recall_at_k, mean_counted, ndcg_at_k, parse_metric, parse_metrics,
                                          precision_at_k, recall_at_k, rsum)
 from drcl_fast.retrieval.nearest import topk
+from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
+from drcl_fast.retrieval.sharded import shard_slice, sharded_average_precisions
+from drcl_fast.runtime import progress as progress_bars
 
 __all__ = ["evaluate_map", "evaluate_directions", "evaluate_metrics", "precision_at_k", "recall_at_k", "ndcg_at_k",
            "instance_recall_at_k", "instance_ranks", "rsum", "parse_metric", "parse_metrics", "MetricSpec", "topk",

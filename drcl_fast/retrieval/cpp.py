@@ -18,7 +18,7 @@ from drcl_fast.retrieval import labels as label_codes
 from drcl_fast.retrieval import reference
 
 try:
-    from drcl_fast import _map_cpp
+    from drcl_fast.retrieval import _map_cpp
 except ImportError:  # not built (see csrc/README.md); dispatch falls back to torch
     _map_cpp = None
 
@@ -33,7 +33,7 @@ def _over_chunks(query: Any, query_labels: Any, gallery: Any, gallery_labels: An
                  max_memory: int, rank: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> torch.Tensor:
     """rank(scores, query_codes, gallery_codes) per query chunk, as one tensor on the inputs' device."""
     if _map_cpp is None:
-        raise BackendError("drcl_fast._map_cpp is not built; reinstall the package where a C++ compiler "
+        raise BackendError("drcl_fast.retrieval._map_cpp is not built; reinstall the package where a C++ compiler "
                            "with OpenMP is present, or use backend='torch'")
     q, yq, g, yg = reference.check_inputs(query, query_labels, gallery, gallery_labels, k)
     codes = label_codes.encode(yq, yg)

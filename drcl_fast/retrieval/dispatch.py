@@ -5,7 +5,7 @@ max_memory=), every top-k search (queries, gallery, k, max_memory=) on checked
 tensors, and each returns the reference's result exactly; a backend that is not
 usable in this process is registered as None, so "auto" falls back and says so once.
 The Triton functions are handed out only after their probes below pass
-(``drcl_fast.selfcheck``): tiny rankings compared exactly with the reference's.
+(``drcl_fast.runtime.selfcheck``): tiny rankings compared exactly with the reference's.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Callable
 
 import torch
 
-from drcl_fast import selfcheck
-from drcl_fast.backends import choose
 from drcl_fast.retrieval import cpp, reference
 from drcl_fast.retrieval import triton as triton_backend
+from drcl_fast.runtime import selfcheck
+from drcl_fast.runtime.backends import choose
 
 
 def _impls(name: str) -> dict[str, Callable | None]:

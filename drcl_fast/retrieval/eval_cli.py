@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from drcl_fast import backends, distributed
 from drcl_fast.data.generic import ArrayFile
 from drcl_fast.errors import ConfigError, DataError
 from drcl_fast.outputs import metrics_path, refuse_overwrite, save_json
@@ -31,6 +30,7 @@ from drcl_fast.retrieval.metrics import (DEFAULT_METRICS, METRIC_FORMS, MetricSp
                                          parse_metrics)
 from drcl_fast.retrieval.pr import plot_curves, precision_recall, save_curves_csv
 from drcl_fast.retrieval.report import DirectionResult, format_table, metrics_dict, result_line
+from drcl_fast.runtime import backends, distributed
 
 SUFFIXES = (".mat", ".npz", ".pt")
 KEYS = (("test_fea", "test_lab"), ("embeddings", "labels"))

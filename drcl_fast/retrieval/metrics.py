@@ -24,13 +24,14 @@ import torch
 # The package's __init__ re-exports this module's names, so its own names are looked up
 # at call time (retrieval.evaluate_map), not imported while the package is half built.
 from drcl_fast import retrieval
-from drcl_fast import progress as progress_bars
-from drcl_fast.backends import check_backend_name
 from drcl_fast.errors import ConfigError, DataError, DRCLError
-from drcl_fast.retrieval import dispatch, reference, sharded
+from drcl_fast.retrieval import dispatch
 from drcl_fast.retrieval import labels as label_codes
+from drcl_fast.retrieval import reference, sharded
 from drcl_fast.retrieval.pr import relevant_totals
 from drcl_fast.retrieval.report import DirectionResult
+from drcl_fast.runtime import progress as progress_bars
+from drcl_fast.runtime.backends import check_backend_name
 
 __all__ = ["MetricSpec", "METRIC_FORMS", "DEFAULT_METRICS", "RSUM_CUTOFFS", "parse_metric", "parse_metrics",
            "precision_at_k", "recall_at_k", "ndcg_at_k", "instance_ranks", "instance_recall_at_k", "rsum",

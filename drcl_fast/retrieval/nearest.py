@@ -145,7 +145,7 @@ def search_cpp(q: torch.Tensor, g: torch.Tensor, k: int,
     results); it is never narrower than SCORE_ALIGN gallery items.
     """
     if cpp._map_cpp is None:
-        raise BackendError("drcl_fast._map_cpp is not built; reinstall the package where a C++ compiler "
+        raise BackendError("drcl_fast.retrieval._map_cpp is not built; reinstall the package where a C++ compiler "
                            "with OpenMP is present, or use backend='torch'")
     if q.device.type != "cpu":
         raise BackendError(f"topk: backend 'cpp' searches CPU tensors, got {q.device.type} tensors; "

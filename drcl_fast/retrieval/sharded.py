@@ -120,7 +120,7 @@ def resolve_group(group: Any) -> dist.ProcessGroup:
     if not (dist.is_available() and dist.is_initialized()):
         raise ConfigError("group= was given but torch.distributed is not initialised in this process: launch "
                           "with torchrun and call torch.distributed.init_process_group() first (or run inside "
-                          "drcl_fast.distributed.process_group()), or pass group=None to evaluate in one process")
+                          "drcl_fast.runtime.distributed.process_group()), or pass group=None to evaluate in one process")
     if group is True or (isinstance(group, str) and group == "world"):
         return dist.group.WORLD
     if isinstance(group, dist.ProcessGroup):

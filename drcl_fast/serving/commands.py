@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from drcl_fast import backends
 from drcl_fast.errors import ConfigError, DataError
 from drcl_fast.outputs import atomic_write, refuse_overwrite
+from drcl_fast.runtime import backends
 from drcl_fast.serving.gallery_index import GalleryIndex, build_index
 from drcl_fast.serving.model_folder import TrainedModel, load_model
 

@@ -25,12 +25,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from drcl_fast.config import DEFAULT_PRECISION
 from drcl_fast.data.container import Standardisation
 from drcl_fast.errors import ModelError
 from drcl_fast.model import Encoder, encoder_from_state
-from drcl_fast.modality import encode
 from drcl_fast.outputs import atomic_write, save_json
-from drcl_fast.precision import DEFAULT_PRECISION, compute_dtype, matrix_precision
+from drcl_fast.runtime.precision import compute_dtype, matrix_precision
+from drcl_fast.training.modality import encode
 
 FORMAT = "drcl_fast model"
 FORMAT_VERSION = 1
@@ -85,7 +86,7 @@ class TrainedModel:
 
     @property
     def precision(self) -> str:
-        """The matrix precision the run trained and encoded at (drcl_fast.precision)."""
+        """The matrix precision the run trained and encoded at (drcl_fast.runtime.precision)."""
         return self.config.get("precision", DEFAULT_PRECISION)
 
     @property

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from drcl_fast.checkpoint import fingerprint
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ModelError
 from drcl_fast.retrieval.report import metrics_dict
 from drcl_fast.serving.model_folder import MANIFEST, WEIGHTS, ModalityEntry, TrainedModel, load_model, model_of_run
+from drcl_fast.training.checkpoint import fingerprint
 
 if TYPE_CHECKING:   # the trainer imports this module: its result type only for the annotations
-    from drcl_fast.trainer import FitResult
+    from drcl_fast.training.trainer import FitResult
 
 log = logging.getLogger("drcl_fast")
 

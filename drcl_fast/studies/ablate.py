@@ -15,14 +15,14 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from drcl_fast import distributed
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import load_dataset
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ConfigError
 from drcl_fast.flags import config_from_flags
 from drcl_fast.outputs import save_json
-from drcl_fast.runlog import setup_run_logging
+from drcl_fast.runtime import distributed
+from drcl_fast.runtime.runlog import setup_run_logging
 from drcl_fast.studies.points import NO_SPL, Point, Study, StudyResult, check_study_flags, point_name
 from drcl_fast.studies.tables import METRICS, markdown_table, write_text
 

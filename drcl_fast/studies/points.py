@@ -33,17 +33,18 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from drcl_fast import distributed, interrupt, outputs
-from drcl_fast.checkpoint import NOT_IN_FINGERPRINT, fingerprint
+from drcl_fast import outputs
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import CheckpointError, ConfigError, OutputExistsError
-from drcl_fast.preflight import check_run
-from drcl_fast.progress import bars
 from drcl_fast.retrieval.report import metrics_dict
-from drcl_fast.runlog import FORMAT
-from drcl_fast.trainer import FitResult, fit, output_dim
-from drcl_fast.units import Unit, plan, plan_lines
+from drcl_fast.runtime import distributed, interrupt
+from drcl_fast.runtime.progress import bars
+from drcl_fast.runtime.runlog import FORMAT
+from drcl_fast.training.checkpoint import NOT_IN_FINGERPRINT, fingerprint
+from drcl_fast.training.preflight import check_run
+from drcl_fast.training.trainer import FitResult, fit, output_dim
+from drcl_fast.training.units import Unit, plan, plan_lines
 
 log = logging.getLogger("drcl_fast.studies")
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from drcl_fast import distributed
 from drcl_fast.config import DRCLConfig
 from drcl_fast.data import load_dataset
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ConfigError
 from drcl_fast.flags import config_from_flags
-from drcl_fast.runlog import setup_run_logging
+from drcl_fast.runtime import distributed
+from drcl_fast.runtime.runlog import setup_run_logging
 from drcl_fast.studies import plots
 from drcl_fast.studies.points import (NO_SPL, Point, Study, StudyResult, check_study_flags, check_weights,
                                      point_name)

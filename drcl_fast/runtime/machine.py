@@ -25,7 +25,7 @@ def resolve_device(name: str) -> torch.device:
 def check_backends(backend: str, device: torch.device) -> None:
     """Raise BackendError now, not after training, if the training ops or the evaluator cannot run `backend`.
 
-    This also runs the self-check of every Triton kernel the run would use (``drcl_fast.selfcheck``):
+    This also runs the self-check of every Triton kernel the run would use (``drcl_fast.runtime.selfcheck``):
     one that fails is refused now for backend "triton", and passed over with a warning for "auto".
     """
     ops.check_backend(backend, device)

@@ -16,15 +16,9 @@ from typing import Iterator
 
 import torch
 
+from drcl_fast.config import DEFAULT_PRECISION, PRECISIONS
 from drcl_fast.errors import ConfigError
 
-# Every precision name, with what it means: the CLI's choices and help come from here.
-PRECISIONS = {
-    "fp32": "float32 products (the released behaviour)",
-    "tf32": "TensorFloat-32 tensor cores, float32 accumulation (GPUs only)",
-    "bf16": "bfloat16 operands, float32 accumulation (GPUs, and CPUs with AVX512-BF16 or AMX)",
-}
-DEFAULT_PRECISION = "fp32"
 # What docs/precision.md measured of bf16 against fp32 (tests/test_precision.py holds the two equal).
 BF16_MEASURED = ("with bf16's rounding emulated, the demo's MAP@all moved by +0.0004 (0.8450 against fp32's "
                  "0.8447); its speed on such a CPU has not been measured yet")

@@ -7,7 +7,7 @@ none: `--backend cpp` ranks MAP in C++ and trains with the fastest training ops,
 `--backend restructured` trains with the restructured loss and ranks with the
 fastest evaluator. An op's own backend that is unavailable (not built, no
 Triton, no GPU) is an error. A Triton implementation must first pass its
-self-check on the device (``drcl_fast.selfcheck``): where it fails, "auto" moves
+self-check on the device (``drcl_fast.runtime.selfcheck``): where it fails, "auto" moves
 on to the next implementation and an explicit "triton" is an error.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Callable, Collection, Mapping
 
 import torch
 
-from drcl_fast import selfcheck
 from drcl_fast.errors import BackendError
+from drcl_fast.runtime import selfcheck
 
 # Every backend name the package knows, with what it means: the CLI's choices and help come from here.
 BACKENDS = {
@@ -74,7 +74,7 @@ def choose(op: str, backend: str, device: torch.device | str, impls: Mapping[str
     `exclude` names implementations the "auto" rule must pass over.
 
     A "triton" implementation is handed out only once it has passed its self-check
-    on this device (``drcl_fast.selfcheck``): where it fails, "auto" takes what it
+    on this device (``drcl_fast.runtime.selfcheck``): where it fails, "auto" takes what it
     would pick without it (saying so once), and an explicit backend="triton" is a BackendError.
     """
     name = pick(op, backend, device, impls, exclude)

@@ -12,21 +12,23 @@ from typing import Callable
 
 import torch
 
-from drcl_fast import backends, distributed, interrupt, lr_search, outputs, preflight, runtime
-from drcl_fast.checkpoint import Checkpointer, fingerprint
-from drcl_fast.config import AUTO, DRCLConfig
+from drcl_fast import outputs
+from drcl_fast.config import AUTO, DEFAULT_PRECISION, DRCLConfig
 from drcl_fast.data.container import MultiModalData
 from drcl_fast.errors import ConfigError, NonFiniteLossError, OutputExistsError
-from drcl_fast.floor import Floor, UnitShape, forward_flops, matrix_rate, unit_flops
-from drcl_fast.modality import ModalityData
-from drcl_fast.precision import DEFAULT_PRECISION, bf16_hint, check_precision, matrix_precision
 from drcl_fast.retrieval import evaluate_directions
 from drcl_fast.retrieval.report import DirectionResult, metrics_dict
-from drcl_fast.rsc import RSCResult, RSCSettings, reselect_on, train_rsc
+from drcl_fast.runtime import backends, distributed, interrupt, machine
+from drcl_fast.runtime.floor import Floor, UnitShape, forward_flops, matrix_rate, unit_flops
+from drcl_fast.runtime.precision import bf16_hint, check_precision, matrix_precision
 from drcl_fast.serving.model_folder import TrainedModel
 from drcl_fast.serving.of_run import planned_model_files, save_run_model
-from drcl_fast.spl import SPLResult, initial_prior, learn_prior, select_prior
-from drcl_fast.units import Unit, plan, plan_lines, run_concurrently, units_at_once
+from drcl_fast.training import lr_search, preflight
+from drcl_fast.training.checkpoint import Checkpointer, fingerprint
+from drcl_fast.training.modality import ModalityData
+from drcl_fast.training.rsc import RSCResult, RSCSettings, reselect_on, train_rsc
+from drcl_fast.training.spl import SPLResult, initial_prior, learn_prior, select_prior
+from drcl_fast.training.units import Unit, plan, plan_lines, run_concurrently, units_at_once
 
 log = logging.getLogger("drcl_fast")
 
@@ -82,10 +84,10 @@ def fit(data: MultiModalData, cfg: DRCLConfig, progress: bool = True) -> FitResu
     """
     check_dataset_name(cfg, data)
     views = preflight.check_run(cfg, data)
-    device = runtime.resolve_device(distributed.rank_device(cfg.device))
-    runtime.check_backends(cfg.backend, device)
+    device = machine.resolve_device(distributed.rank_device(cfg.device))
+    machine.check_backends(cfg.backend, device)
     check_precision(cfg.precision, device)
-    with runtime.deterministic_algorithms(cfg.deterministic), matrix_precision(cfg.precision, device), \
+    with machine.deterministic_algorithms(cfg.deterministic), matrix_precision(cfg.precision, device), \
             interrupt.on_signals((signal.SIGINT,), only_over_default=True), interrupt.stage("training"):
         try:
             return _fit(data, cfg, views, device, progress)

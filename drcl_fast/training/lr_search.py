@@ -29,19 +29,17 @@ from typing import Any, Callable
 
 import torch
 
-from drcl_fast.config import AUTO
+from drcl_fast.config import AUTO, DEFAULT_CRITERION
 from drcl_fast.errors import NonFiniteLossError
-from drcl_fast.modality import ModalityData, encode
 from drcl_fast.model import encoder_from_state
 from drcl_fast.retrieval import evaluate_map
-from drcl_fast.rsc import RSCResult, RSCSettings, train_rsc
+from drcl_fast.training.modality import ModalityData, encode
+from drcl_fast.training.rsc import RSCResult, RSCSettings, train_rsc
 
 log = logging.getLogger("drcl_fast")
 
 GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 RANGE_LIMITS = (1e-7, 1e-1)               # how far beyond GRID the search extends its range
-CRITERIA = ("val_loss", "val_map")
-DEFAULT_CRITERION = "val_loss"
 ROUND_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)   # of the epochs, at the end of each round
 KEEP = (4, 2, 1)                          # candidates that go on after each round
 
@@ -160,7 +158,7 @@ def search(data: ModalityData, prior: torch.Tensor, s: RSCSettings, criterion: s
         data: the modality's tensors (its test rows are not looked at).
         prior: the frozen prior W.
         s: the unit's settings; `s.lr` is ignored.
-        criterion: one of CRITERIA.
+        criterion: one of config.CRITERIA.
         state: what `on_round` last received, to continue an interrupted search.
         on_round: called with the search's state after each round (for checkpoints).
         progress: show each candidate's epoch bar.

@@ -10,15 +10,16 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from drcl_fast import interrupt, ops
-from drcl_fast.encoder_step import EncoderStep, step_for
+from drcl_fast import ops
+from drcl_fast.config import DEFAULT_PRECISION
 from drcl_fast.errors import NonFiniteLossError
-from drcl_fast.modality import ModalityData, batch_loop, encode, epoch_draws
 from drcl_fast.model import Encoder, encoder_from_state, seeded_encoder
-from drcl_fast.progress import epoch_bar
-from drcl_fast.optim import adam
-from drcl_fast.precision import DEFAULT_PRECISION, compute_dtype
-from drcl_fast.spl import EpochHook, StopHook
+from drcl_fast.runtime import interrupt
+from drcl_fast.runtime.precision import compute_dtype
+from drcl_fast.runtime.progress import epoch_bar
+from drcl_fast.training.encoder_step import EncoderStep, step_for
+from drcl_fast.training.modality import EpochHook, ModalityData, StopHook, batch_loop, encode, epoch_draws
+from drcl_fast.training.optim import adam
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from drcl_fast.data.container import MultiModalData
+
+# What a unit's epoch loop calls: after each epoch (its number, and how to read the unit's state), and
+# when the unit stops early (how to read the state it continues from).
+EpochHook = Callable[[int, Callable[[], dict[str, Any]]], None]
+StopHook = Callable[[Callable[[], dict[str, Any]]], None]
 
 # Rows per encoder call when a whole split is encoded: bounds the H-wide activations.
 ENCODE_CHUNK = 8192

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from drcl_fast.precision import DEFAULT_PRECISION, compute_dtype, matrix_precision
+from drcl_fast.config import DEFAULT_PRECISION
+from drcl_fast.runtime.precision import compute_dtype, matrix_precision
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ compares the two.
 
 It runs where the step's other ops would run their PyTorch reference anyway (the CPU,
 any backend but the explicit "torch"); a GPU keeps autograd, whose layers are fused
-Triton kernels there. Where the C++ extension ``drcl_fast._step_cpp`` is built
+Triton kernels there. Where the C++ extension ``drcl_fast.training._step_cpp`` is built
 (csrc/train_step.cpp), ``native_rsc`` and ``native_spl`` run the whole by-hand step in
 one call with the GIL released: the same ops and bits as the Python step, without the
 Python between the ops, which units training at once in threads otherwise queue on.
@@ -26,13 +26,13 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from drcl_fast import ops
-from drcl_fast.backends import say_once
 from drcl_fast.model import Encoder
 from drcl_fast.ops import recast, reference, restructured
 from drcl_fast.ops.pinv import pinv_core
+from drcl_fast.runtime.backends import say_once
 
 try:
-    from drcl_fast import _step_cpp
+    from drcl_fast.training import _step_cpp
 except ImportError:   # not built (csrc/README.md): the Python step runs, the same bits more slowly
     _step_cpp = None
 
@@ -58,7 +58,7 @@ def step_for(encoder: Encoder, backend: str, device: torch.device) -> "EncoderSt
     if not closed_form_applies(backend, device):
         return None
     if not NATIVE_AVAILABLE:
-        say_once(("training step", "cpu"), "drcl_fast._step_cpp is not built: CPU training steps run in Python "
+        say_once(("training step", "cpu"), "drcl_fast.training._step_cpp is not built: CPU training steps run in Python "
                                            "(the same results, more slowly); pip install --no-build-isolation -e . "
                                            "builds it (csrc/README.md)")
     return EncoderStep(encoder)

@@ -19,8 +19,8 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
-from drcl_fast import interrupt, progress
 from drcl_fast.config import AUTO
+from drcl_fast.runtime import interrupt, progress
 
 PHASES = ("spl", "rsc")
 

@@ -15,7 +15,7 @@ one ``RuntimeWarning`` per op and device; an explicit ``backend="triton"`` gets 
 ``BackendError`` carrying the same message, never Triton's traceback.
 
 Nothing runs while ``torch.compile`` traces: a known verdict is used there, an
-unknown one trusts the kernel (``runtime.check_backends`` runs the checks eagerly
+unknown one trusts the kernel (``machine.check_backends`` runs the checks eagerly
 before training). A probe leaves global state as it found it: its inputs come from
 its own generator, gradients are taken with ``torch.autograd.grad`` on its own
 leaves, and grad mode is restored. ``verdicts()`` shows the cache, ``reset()`` empties it.
@@ -144,7 +144,7 @@ def warn_fallback(found: Verdict, name: str) -> None:
     """Say once per op and device that "auto" passes over the failed kernel, for `name`.
 
     Not while torch.compile traces (a warning would break the graph): the eager call
-    that reached the verdict has said it, or runtime.check_backends has.
+    that reached the verdict has said it, or machine.check_backends has.
     """
     if _is_compiling():
         return

@@ -6,10 +6,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from drcl_fast.config import AUTO, DRCLConfig
+from drcl_fast.config import AUTO, CRITERIA, DRCLConfig
 from drcl_fast.data.container import SPLITS, MultiModalData
 from drcl_fast.errors import ConfigError, DataError, DataWarning, OutputError
-from drcl_fast.lr_search import CRITERIA
 
 
 def check_run(cfg: DRCLConfig, data: MultiModalData) -> list[int]:
