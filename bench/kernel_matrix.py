@@ -318,7 +318,7 @@ def capturing(rec: Recorder) -> Iterator[None]:
 # Scenarios: the launchers at the shapes of docs/design.md section 6.
 
 PROD_RSC = {"B": 1024, "d_in": 4096, "H": 4096, "D": 2048, "C": (10, 80, 200)}
-# Test shapes, sampled from tests/test_kernels_forward.py and tests/test_kernels_loss.py:
+# Test shapes, sampled from tests/kernels/test_kernels_forward.py and tests/kernels/test_kernels_loss.py:
 # (B, d_in, H, D, C); B = 1 brings the ==1 specialisations, odd sizes the unaligned strides.
 TEST_RSC = [(1, 16, 7, 16, 2), (7, 100, 130, 130, 3), (130, 256, 64, 100, 200), (64, 16, 256, 256, 10)]
 # MAP: (name, Q, N, labels, multilabel) x D x k.

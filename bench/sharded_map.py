@@ -121,7 +121,7 @@ def rank_worker(folder: str, mode: str, out: str) -> None:
 
 def measure(queries: int, gallery: int, dim: int, classes: int, nproc: int, smoke: bool = False) -> list[dict]:
     sys.path.insert(0, str(REPO))
-    from tests.torchrun import run_torchrun
+    from tests.support import run_torchrun
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 //
 // The same ATen ops, in the same order, as the Python closed-form step
 // (drcl_fast/training/encoder_step.py with the tails of rsc.py and spl.py, and the restructured
-// loss of drcl_fast/ops/restructured.py), so the same bits: tests/test_step_cpp.py holds
+// loss of drcl_fast/ops/restructured.py), so the same bits: tests/training/test_step_cpp.py holds
 // them equal. What it saves is the Python between the ops, and, with units training at
 // once in threads, the waits for the GIL around each of them. The cases the restructured
 // loss sends elsewhere (a clamp that may bind, sparse label products, the logits route to

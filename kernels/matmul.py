@@ -92,7 +92,7 @@ def _cfg(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
 
 # Per kind of operands, best guess first. Each was compiled for sm_80 and sm_90 at every call site (forward with
 # bias+ReLU, row sums of squares, both gated backward GEMMs, the tail's two plain ones): none spills on sm_90
-# (tests/test_matmul_configs.py; docs/kernels.md has the table). The last of each list fits 99 KB (sm_86/89)
+# (tests/kernels/test_matmul_configs.py; docs/kernels.md has the table). The last of each list fits 99 KB (sm_86/89)
 # by the estimate.
 CONFIGS = {
     # float32 on the tensor cores, "tf32" and "bf16"
@@ -120,10 +120,10 @@ def smem_estimate(config: triton.Config, dtype: torch.dtype, precision: str, gat
     (bf16 operands are staged as float32 and rounded in registers). Triton keeps num_stages - 1 stages in shared
     memory; on sm_90+ the tensor-core kinds (wgmma) keep one more B tile, and one more A tile where A is not gated
     (a gated A reaches wgmma from registers); the gated FMA path stages the masked A tile once more. Compared with
-    the compiler's own figure (``tests/gemm_aot.py``) for every configuration of ``CONFIGS`` and the six before them, every
+    the compiler's own figure (``tests/kernels/gemm_aot.py``) for every configuration of ``CONFIGS`` and the six before them, every
     kind, call site (``CALL_SITES``) and arch 80 and 90: never below it; equal to it for tf32, strict float32 and
     float64, and for bf16 on sm_80; for bf16 on sm_90 up to 40 % above (that path stages a bf16 copy of B instead
-    of the extra float32 tiles). tests/test_matmul_configs.py checks the kept ones. Other archs: not checked.
+    of the extra float32 tiles). tests/kernels/test_matmul_configs.py checks the kept ones. Other archs: not checked.
     """
     size = 8 if dtype == torch.float64 else 4
     bm, bn, bk = (config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))

@@ -99,7 +99,7 @@ def test_gpu_suite_pipeline_section_smoke():
     for row, case in zip(rows, cases):
         assert case in row and "s end to end: SPL" in row and "MAP@all 0." in row, row
     # Under the interpreter the units run one after another (it is not thread-safe): the equality the
-    # row reports is checked on a GPU; tests/test_units.py checks units at once on the CPU.
+    # row reports is checked on a GPU; tests/training/test_units.py checks units at once on the CPU.
     assert "the one-after-another run" in rows[-1]
 
 

@@ -19,6 +19,7 @@ from drcl_fast.errors import ConfigError
 from drcl_fast.flags import config_from_flags, str2bool
 from drcl_fast.retrieval import cpp as retrieval_cpp
 from drcl_fast.runtime.backends import BACKENDS
+from tests.support import fails_with
 
 TINY = ["--datasets", "mfeat", "--epochs", "3", "--hidden_shape", "32", "--output-shape", "16",
         "--batch_size", "200", "--device", "cpu"]
@@ -46,16 +47,6 @@ def test_train_writes_released_files_metrics_and_log(tmp_path, capsys):
     log = (out / "logging" / "mfeat.log").read_text()
     assert "RSC fou epoch 3/3: J=" in log and "J_D=" in log and "SPL mor epoch 1/3" in log
     assert len(RESULT_LINE.findall("\n".join(l.split(" - INFO - ")[-1] for l in log.splitlines()))) == 2
-
-
-def fails_with(argv, capsys) -> str:
-    """Run the CLI expecting a clean error: exit status 2, a message, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("drcl-fast train: error: ") and "Traceback" not in err
-    return err
 
 
 def test_second_run_needs_overwrite(tmp_path, capsys):

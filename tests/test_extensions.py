@@ -17,7 +17,7 @@ SWITCH = "DRCL_FAST_REQUIRE_EXTENSIONS"
 def run_suite_without_the_extension(require: bool) -> subprocess.CompletedProcess:
     """A short pytest run in a process where `import drcl_fast.retrieval._map_cpp` fails, as after a failed build."""
     script = ("import sys; sys.modules['drcl_fast.retrieval._map_cpp'] = None; import pytest; "
-              "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_model.py']))")
+              "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/training/test_model.py']))")
     env = {k: v for k, v in os.environ.items() if k != SWITCH} | ({SWITCH: "1"} if require else {})
     return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)

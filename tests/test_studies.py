@@ -16,7 +16,7 @@ from drcl_fast.cli import main
 from drcl_fast.studies import points
 from drcl_fast.studies.ablate import mean_spread
 from drcl_fast.training import trainer
-from tests.torchrun import run_torchrun
+from tests.support import fails_with, run_torchrun
 
 TINY = ["--datasets", "mfeat", "--epochs", "2", "--hidden_shape", "32", "--output_shape", "16",
         "--batch_size", "200", "--device", "cpu", "--quiet"]
@@ -54,16 +54,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def record(study: Path, point: str) -> dict:
     return json.loads((study / "points" / f"{point}.json").read_text())
-
-
-def fails_with(argv: list[str], capsys) -> str:
-    """The CLI stops with exit status 2 and a one-line message, no traceback."""
-    with pytest.raises(SystemExit) as stopped:
-        main(argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err
-    assert f"drcl-fast {argv[0]}" in err and "Traceback" not in err
-    return " ".join(err.split())
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def gallery_blocks(gallery_size: int, width: int) -> list[tuple[int, int]]:
     Blocks start at multiples of SCORE_ALIGN, so each item keeps its column position
     modulo BLAS's block widths, and a last block narrower than SCORE_ALIGN joins the one
     before (a narrow product takes other code): a block's scores are then the bits of
-    the whole gallery's product (the rule of sharded.score_window; tests/test_topk.py).
+    the whole gallery's product (the rule of sharded.score_window; tests/retrieval/test_topk.py).
     """
     starts = list(range(0, gallery_size, width))
     if len(starts) > 1 and gallery_size - starts[-1] < SCORE_ALIGN:

@@ -16,7 +16,7 @@ same backend as the same Python float (docs/evaluation.md, "Sharded evaluation")
   global rank. A chunk's APs are then summed by one rank (chunks go round-robin) in
   the order the backend itself sums them.
 
-Exactness rests on four facts, each checked by tests/test_sharded_map.py: the scores
+Exactness rests on four facts, each checked by tests/retrieval/test_sharded_map.py: the scores
 of a slice are the bits of the whole gallery's product (`score_window`); they are
 computed in the backend's own query chunks (`backend_chunk`); merging and counting
 implement the tie rule exactly (`item_keys`); and the APs are summed as the chosen
@@ -338,7 +338,7 @@ def score_window(offset: int, size: int, total: int) -> tuple[int, int]:
     """[start, stop) of the whole gallery's columns in which a slice [offset, offset + size) is scored.
 
     The scores of the slice's items are then the bits the whole gallery's product gives them
-    (see SCORE_ALIGN; checked by tests/test_sharded_map.py on this machine's BLAS).
+    (see SCORE_ALIGN; checked by tests/retrieval/test_sharded_map.py on this machine's BLAS).
     """
     start = offset // SCORE_ALIGN * SCORE_ALIGN
     stop = min(total, -(-(offset + size) // SCORE_ALIGN) * SCORE_ALIGN)

@@ -7,7 +7,7 @@ backward GEMMs, the projections by W, the per-epoch encodes of the scored or val
 split) needs at the rate this machine's ``torch.mm`` reaches at the run's main
 product shape, measured before and after training (the faster taken). The loss's own
 products and the test-split encodes are left out, so the floor is a lower bound and the
-fraction a conservative one (``tests/test_floor.py`` checks the count against every
+fraction a conservative one (``tests/training/test_floor.py`` checks the count against every
 product a run makes).
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 from drcl_fast.config import DEFAULT_PRECISION, PRECISIONS
 from drcl_fast.errors import ConfigError
 
-# What docs/precision.md measured of bf16 against fp32 (tests/test_precision.py holds the two equal).
+# What docs/precision.md measured of bf16 against fp32 (tests/training/test_precision.py holds the two equal).
 BF16_MEASURED = ("with bf16's rounding emulated, the demo's MAP@all moved by +0.0004 (0.8450 against fp32's "
                  "0.8447); its speed on such a CPU has not been measured yet")
 

@@ -9,7 +9,7 @@ from step to step. What follows the unit rows is the caller's tail: under autogr
 a graph of a few nodes (``loss_and_grads``: any loss implementation), or with its
 gradient by hand (``loss_and_grads_by_hand``: SPL's GCE, and RSC's Mixup, projection
 and restructured loss, which forms its gradients in its forward anyway). Autograd
-through the ``Encoder`` module is the reference twin; ``tests/test_encoder_step.py``
+through the ``Encoder`` module is the reference twin; ``tests/training/test_encoder_step.py``
 compares the two.
 
 It runs where the step's other ops would run their PyTorch reference anyway (the CPU,

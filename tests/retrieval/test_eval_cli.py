@@ -14,6 +14,7 @@ from drcl_fast.cli import main
 from drcl_fast.errors import DataError
 from drcl_fast.retrieval import cpp, evaluate_directions
 from drcl_fast.retrieval.eval_cli import load_embeddings
+from tests.support import fails_with
 
 RESULT_LINE = r"^test resutls@{k}: - mean: \d\.\d{{5}} - detail:(\d\.\d{{5}},){{{n}}}$"
 
@@ -94,15 +95,6 @@ def test_npz_and_pt_files_multilabel_with_pr_curves(tmp_path, capsys, backend):
     capsys.readouterr()
     assert "--overwrite" in fails_with(argv, capsys)
     assert main(argv + ["--overwrite", "--quiet"]) == 0
-
-
-def fails_with(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("drcl-fast eval: error: ") and "Traceback" not in err
-    return err
 
 
 def test_errors_are_reported_without_traceback(tmp_path, capsys):

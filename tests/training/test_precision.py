@@ -20,12 +20,13 @@ from drcl_fast.serving import load_model
 from drcl_fast.training import rsc, spl
 from drcl_fast.training.encoder_step import EncoderStep
 from drcl_fast.training.trainer import fit
-from tests.test_encoder_step import step_batch
-from tests.test_resume import fit_interrupted
+from tests.support import REPO
+from tests.training.test_encoder_step import step_batch
+from tests.training.test_resume import fit_interrupted
 
 B, D_IN, H, D, C = 37, 19, 65, 33, 5
 LOSS_BY_HAND_ROWS = 301
-# As tests/test_encoder_step.py bounds float32 (2e-6, about 16 float32 epsilons of the largest entry).
+# As tests/training/test_encoder_step.py bounds float32 (2e-6, about 16 float32 epsilons of the largest entry).
 BF16_TOLERANCE = 16 * torch.finfo(torch.bfloat16).eps
 
 
@@ -228,7 +229,6 @@ def test_the_floor_line_names_the_precision_and_the_float32_floor() -> None:
 def test_a_float32_cpu_run_says_once_what_bf16_would_give_where_the_cpu_has_it(monkeypatch, mfeat,
                                                                               tiny_config) -> None:
     import logging
-    from pathlib import Path
     monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: "AMX")
     seen: list[str] = []
     handler = logging.Handler()
@@ -244,7 +244,7 @@ def test_a_float32_cpu_run_says_once_what_bf16_would_give_where_the_cpu_has_it(m
         logger.setLevel(before)
     hints = [line for line in seen if "multiplies bf16 natively" in line]
     assert len(hints) == 1 and "(AMX)" in hints[0] and precision.BF16_MEASURED in hints[0]
-    docs = Path(__file__).resolve().parents[1] / "docs" / "precision.md"
+    docs = REPO / "docs" / "precision.md"
     assert precision.BF16_MEASURED in " ".join(docs.read_text().split())   # the figures come from the docs
     assert precision.bf16_hint("bf16", "cpu") is None   # a bf16 run needs no hint
     monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: None)

@@ -1,6 +1,6 @@
-"""One rank of tests/test_sharded_map.py: evaluates every case of a file under torchrun.
+"""One rank of tests/retrieval/test_sharded_map.py: evaluates every case of a file under torchrun.
 
-    torchrun --nproc_per_node N tests/sharded_worker.py CASES.pt OUT_DIR
+    torchrun --nproc_per_node N tests/retrieval/sharded_worker.py CASES.pt OUT_DIR
 
 CASES.pt holds a list of dicts (torch.save): query, query_labels, gallery, gallery_labels,
 k, backend, max_memory, shard_gallery, edges (world size -> gallery slice boundaries, rank

@@ -22,7 +22,7 @@ from drcl_fast.runtime import backends
 from drcl_fast.training.modality import ModalityData
 from drcl_fast.training.rsc import RSCSettings, batch_loss, train_rsc
 from drcl_fast.training.spl import initial_prior
-from tests.kernel_numerics import HAVE_TRITON
+from tests.support import HAVE_TRITON
 
 VIEWS = (0, 3)   # fou and pix: the weakest and a strong view of mfeat
 J_TOLERANCE, MAP_TOLERANCE = 2e-3, 4e-3

@@ -1,6 +1,6 @@
 """Ahead-of-time compiles of the encoder GEMM (kernels/matmul.py) for GPU targets, with no GPU: the tests' tool.
 
-Not importable under TRITON_INTERPRET=1, where the kernel is not compilable: tests/test_matmul_configs.py
+Not importable under TRITON_INTERPRET=1, where the kernel is not compilable: tests/kernels/test_matmul_configs.py
 runs it in a subprocess.
 """
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,8 @@ from drcl_fast.retrieval.sharded import SCORE_ALIGN
 from drcl_fast.runtime import selfcheck
 
 from drcl_fast.retrieval import nearest as search
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"  # where the Triton functions run (CPU: the interpreter)
 needs_cpp = pytest.mark.skipif(not cpp.AVAILABLE, reason="drcl_fast.retrieval._map_cpp is not built here")
@@ -323,8 +323,8 @@ def test_recall_at_k():
 # ---------------------------------------------------------------- the benchmarks, at tiny sizes
 
 def run_script(*args: str) -> str:
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"})
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

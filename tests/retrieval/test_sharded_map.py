@@ -23,7 +23,7 @@ from drcl_fast.errors import ConfigError, DataError
 from drcl_fast.retrieval import cpp, evaluate_map, reference, sharded
 from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.retrieval.labels import encode
-from tests.torchrun import REPO, run_torchrun
+from tests.support import REPO, run_torchrun
 
 needs_cpp = pytest.mark.skipif(not cpp.AVAILABLE, reason="drcl_fast.retrieval._map_cpp is not built here")
 SUMMATIONS = ["torch", pytest.param("cpp", marks=needs_cpp)]
@@ -424,7 +424,7 @@ def same_floats(a: list[float], b: list[float]) -> bool:
 def test_torchrun_ranks_give_the_single_process_float(tmp_path, nproc):
     cases = torchrun_cases()
     torch.save(cases, tmp_path / "cases.pt")
-    run_torchrun(["tests/sharded_worker.py", tmp_path / "cases.pt", tmp_path], nproc=nproc, timeout=150)
+    run_torchrun(["tests/retrieval/sharded_worker.py", tmp_path / "cases.pt", tmp_path], nproc=nproc, timeout=150)
     per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
     for i, case in enumerate(cases):
         got = [results[i] for results in per_rank]

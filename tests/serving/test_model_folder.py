@@ -24,8 +24,8 @@ from drcl_fast.outputs import load_features
 from drcl_fast.serving import GalleryIndex, build_index
 from drcl_fast.serving.model_folder import FORMAT_VERSION, MANIFEST, WEIGHTS
 from drcl_fast.training.trainer import fit
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = ["--epochs", "2", "--hidden_shape", "32", "--output_shape", "16", "--batch_size", "100", "--device", "cpu",
         "--quiet"]
 

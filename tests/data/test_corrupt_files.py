@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drcl_fast.data import DataError, MultiModalData, load_dataset, load_generic, save_generic
-from tests.test_bad_input import toy
+from tests.data.test_bad_input import toy
 
 
 def _wiki(folder: Path) -> Path:

@@ -384,7 +384,7 @@ def test_bad_directions_raise():
         evaluate_directions(embeddings, labels, names, k=0)
 
 
-# "cpp" without the extension: tests/test_retrieval_backends.py (it is built by the install).
+# "cpp" without the extension: tests/retrieval/test_retrieval_backends.py (it is built by the install).
 @pytest.mark.parametrize("backend", ["triton", "nonsense"])
 def test_unavailable_backend_raises(backend, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the interpreter would run Triton on CPU tensors

@@ -25,17 +25,17 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import REPO
+
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
 
 def _load_matrix():
-    spec = importlib.util.spec_from_file_location("kernel_matrix", ROOT / "bench" / "kernel_matrix.py")
+    spec = importlib.util.spec_from_file_location("kernel_matrix", REPO / "bench" / "kernel_matrix.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -126,7 +126,7 @@ def test_an_arch_this_triton_cannot_target_is_skipped_with_the_reason_unless_req
              "km.ARCHS['sm_20'] = dict(km.ARCHS['sm_80'], capability=20); "
              "print(km.arch_unknown('sm_90')); print(km.arch_unknown('sm_20'))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300, check=True).stdout.splitlines()   # Triton also prints its PTX dump
     assert out[0] == "None"
     why = out[-1]
@@ -143,7 +143,7 @@ def test_the_gpu_suite_reports_every_kernel_the_matrix_compiles():
     """bench/gpu_kernels.py (the suite's resource summary on a card) walks the same kernels, once each."""
     probe = ("import gpu_kernels; print(' '.join(name.split('.')[1] for name, _ in gpu_kernels._jit_functions()))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # jit gives JITFunctions
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "bench")])
-    names = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "bench")])
+    names = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=300, check=True).stdout.split()
     assert set(KERNELS) <= set(names) and len(names) == len(set(names)), names

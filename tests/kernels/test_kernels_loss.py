@@ -2,7 +2,7 @@
 
 Fresh random inputs at shapes that are not multiples of any block size; forward
 terms and both gradients (features, logits) against a float64 reference, by the
-rule of tests/kernel_numerics.py. Triton runs under TRITON_INTERPRET=1 on CPUs.
+rule of tests/support.py. Triton runs under TRITON_INTERPRET=1 on CPUs.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from drcl_fast import ops
 from drcl_fast.ops import reference
 from drcl_fast.runtime import backends
-from tests.kernel_numerics import (DEVICE, assert_float64_equal, assert_within_rule, generator, needs_triton,
+from tests.support import (DEVICE, assert_float64_equal, assert_within_rule, generator, needs_triton,
                                    rel_err)
 
 ENGINES = ["restructured", pytest.param("triton", marks=needs_triton)]

@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from drcl_fast.data.container import MultiModalData, Split
 from drcl_fast.errors import ConfigError
 from drcl_fast.training import lr_search
 from drcl_fast.training.trainer import fit
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import torch
 from drcl_fast.errors import CheckpointError, NonFiniteLossError
 from drcl_fast.training import rsc
 from drcl_fast.training.trainer import fit
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, "-m", "drcl_fast", "train", "--datasets", "mfeat", "--epochs", "5", "--hidden_shape", "48",
          "--output_shape", "16", "--batch_size", "200", "--device", "cpu", "--checkpoint_every", "1", "--quiet"]
 

@@ -1,7 +1,7 @@
 """The fused encoder kernels (GEMM epilogues, Linear+ReLU, the Mixup tail) against the reference.
 
 Shapes are not multiples of the block sizes; float32 by the rule of
-tests/kernel_numerics.py against float64, float64 to 1e-10, gradcheck on every
+tests/support.py against float64, float64 to 1e-10, gradcheck on every
 autograd Function. Triton runs under TRITON_INTERPRET=1 on CPUs.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from drcl_fast.model import Encoder
 from drcl_fast.ops import reference
-from tests.kernel_numerics import DEVICE, HAVE_TRITON, assert_float64_equal, assert_within_rule, generator
+from tests.support import DEVICE, HAVE_TRITON, assert_float64_equal, assert_within_rule, generator
 
 pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="Triton is not installed")
 

@@ -17,7 +17,7 @@ import types
 import pytest
 import torch
 
-from tests.kernel_numerics import HAVE_TRITON, generator
+from tests.support import HAVE_TRITON, REPO, generator
 
 pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="Triton is not installed")
 
@@ -25,7 +25,7 @@ if HAVE_TRITON:
     import triton
 
     from drcl_fast.kernels import matmul as mm
-    from tests import gemm_aot as aot
+    from tests.kernels import gemm_aot as aot
 
 # (dtype, tl.dot precision) of every kind of operands: float32 in TF32, in bf16, strict (FMA); float64
 KINDS = {"tf32": (torch.float32, "tf32"), "bf16": (torch.float32, "bf16"), "ieee": (torch.float32, "ieee"),
@@ -38,7 +38,7 @@ OLD_SHAPES = [(128, 128, 32, 4, 4), (128, 256, 32, 8, 3), (64, 128, 32, 4, 4), (
 _COMPILE = r"""
 import json, sys, torch
 from drcl_fast.kernels import matmul as mm
-from tests import gemm_aot as aot
+from tests.kernels import gemm_aot as aot
 kinds = {"tf32": (torch.float32, "tf32"), "bf16": (torch.float32, "bf16"), "ieee": (torch.float32, "ieee"),
          "fp64": (torch.float64, "ieee")}
 out = []
@@ -74,7 +74,7 @@ def compiled() -> list[dict]:
     env.update(OMP_NUM_THREADS="1", TRITON_DEFAULT_FP_FUSION="1")
     jobs = json.dumps(list(itertools.product(KINDS, ARCHS)))
     run = subprocess.run([sys.executable, "-c", _COMPILE, jobs], env=env, capture_output=True, text=True,
-                         timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         timeout=600, cwd=str(REPO))
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.torchrun import run_torchrun, torchrun_command, torchrun_env
+from tests.support import REPO, run_torchrun, torchrun_command, torchrun_env
 
-REPO = Path(__file__).resolve().parent.parent
 WORKER = str(REPO / "tests" / "train_rank.py")
 EPOCHS = 4
 # torchrun shares its rendezvous store with the workers' process group by default, and a restarted

@@ -25,14 +25,13 @@ from drcl_fast.errors import OutputExistsError
 from drcl_fast.runtime import interrupt
 from drcl_fast.training import rsc
 from drcl_fast.training.trainer import fit
-from tests.torchrun import torchrun_command, torchrun_env
+from tests.support import REPO, torchrun_command, torchrun_env
 
-REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 6
 FLAGS = ["--datasets", "mfeat", "--epochs", str(EPOCHS), "--hidden_shape", "64", "--output_shape", "16",
          "--batch_size", "200", "--device", "cpu", "--checkpoint_every", "1", "--quiet"]
 TRAIN = [sys.executable, "-m", "drcl_fast", "train", *FLAGS]
-# One intra-op thread, whether the units train at once or not: the same bits either way (tests/test_units.py).
+# One intra-op thread, whether the units train at once or not: the same bits either way (tests/training/test_units.py).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 RESUME_HINT = "run the same command with --resume to continue"
 CRASHES = ("Traceback", "terminate called", "core dumped")

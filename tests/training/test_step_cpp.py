@@ -8,7 +8,7 @@ from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
 from drcl_fast.training import encoder_step, rsc, spl
 from drcl_fast.training.encoder_step import EncoderStep
-from tests.test_encoder_step import step_batch
+from tests.training.test_encoder_step import step_batch
 
 pytestmark = pytest.mark.skipif(not encoder_step.NATIVE_AVAILABLE, reason="drcl_fast.training._step_cpp is not built "
                                 "(make test requires it: tests/conftest.py)")
