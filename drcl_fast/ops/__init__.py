@@ -37,9 +37,10 @@ try:
 except ImportError:   # no Triton: "auto" falls back, and says so once
     _triton_loss = _TritonGCE = _triton_linear_relu = _TritonMixupProject = None
 
-__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "drcl_loss_gradients", "loss_forms_gradients", "linear_relu",
-           "mixup_project", "prior_pinv", "feature_mixup", "mix_rows", "gce_q", "check_backend",
-           "step_ops_run_reference"]
+# The ops users call. The trainer's helpers (check_backend, step_ops_run_reference, loss_forms_gradients,
+# drcl_loss_gradients, drcl_loss_implementation, and reference's mix_rows and gce_q) stay here, where the
+# training modules look them up as ops.<name>, but are not the user API.
+__all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "linear_relu", "mixup_project", "prior_pinv", "feature_mixup"]
 
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
@@ -103,24 +104,84 @@ def step_ops_run_reference(backend: str, device: torch.device | str) -> bool:
 
 
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float, backend: str = "auto") -> torch.Tensor:
-    """Generalised cross-entropy of `logits` against soft `targets` (q = 0: its -log limit)."""
+    """Generalised cross-entropy of `logits` against soft `targets`, the mean over rows of ``(1 - s^q) / q``.
+
+    ``s_i = sum_c targets_ic softmax(logits_i)_c``; at q = 0 the loss is its limit, ``-log s``
+    (docs/design.md section 1).
+
+    Args:
+        logits: (B, C) class scores.
+        targets: (B, C) soft targets (one-hot or Mixup-mixed labels), treated as constants.
+        q: the exponent, in [0, 1]; training ramps it as ``min(1, 0.01 e)`` with the epoch e.
+        backend: "auto", "torch" (the reference) or "triton" (CUDA tensors); any other name
+            runs what "auto" picks.
+
+    Returns:
+        The loss, a 0-dim tensor, differentiable with respect to `logits`.
+
+    Raises:
+        BackendError: an unknown backend, or "triton" where it cannot run (no Triton, CPU
+            tensors, a failed self-check).
+
+    Example:
+        >>> import torch
+        >>> from drcl_fast import ops
+        >>> logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+        >>> targets = torch.eye(3)[[0, 1, 2, 0]]
+        >>> round(float(ops.gce_loss(logits, targets, q=0.5)), 4)
+        0.9197
+        >>> round(float(ops.gce_loss(logits, targets, q=0.0)), 4)   # cross-entropy
+        1.3928
+    """
     return _pick("gce_loss", backend, logits.device, targets)(logits, targets, q)
 
 
 def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
                     pinv: torch.Tensor, q: float, backend: str = "auto"
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(J_L, J_D, J_MSE) of the RSC objective on an already-mixed batch."""
+    """(J_L, J_D, J_MSE), the three terms of the RSC objective, on an already-mixed batch.
+
+    With the labels recast into the embedding space, ``r = targets @ pinv``: J_L is the GCE of
+    `logits` against `targets`, J_D the two B x B cosine-consistency terms between `r` and
+    `features`, J_MSE the mean squared error between them (docs/design.md section 1).
+
+    Args:
+        features: (B, D) the mixed embeddings f~.
+        targets: (B, C) the mixed labels y~, treated as constants.
+        logits: (B, C) the class scores f~ W.
+        pinv: (C, D) L = W+, the prior's pseudo-inverse (`prior_pinv`), treated as a constant.
+        q: the GCE exponent, in [0, 1].
+        backend: "auto", "torch" (the reference), "restructured" (the loss by C-space algebra)
+            or "triton" (CUDA tensors); "cpp" runs what "auto" picks.
+
+    Returns:
+        (J_L, J_D, J_MSE), each a 0-dim tensor, differentiable with respect to `features` and `logits`.
+
+    Raises:
+        ValueError: the inputs are not 2-D or their shapes do not fit together.
+        BackendError: an unknown backend, or one that cannot run here.
+
+    Example:
+        >>> import torch
+        >>> from drcl_fast import ops
+        >>> prior = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))   # W, D x C
+        >>> pinv = ops.prior_pinv(prior)
+        >>> targets = torch.eye(3)[[0, 1, 2, 0]]
+        >>> features = targets @ pinv   # rows that are their labels recast: J_D = J_MSE = 0
+        >>> j_l, j_d, j_mse = ops.drcl_loss_terms(features, targets, features @ prior, pinv, q=0.5)
+        >>> round(float(j_l), 4), round(float(j_d), 6), round(float(j_mse), 6)
+        (0.482, 0.0, 0.0)
+    """
     _check_loss_shapes(features, targets, logits, pinv)
     rows, width = features.shape
-    return _loss_implementation(rows, width, targets, pinv, backend)(features, targets, logits, pinv, q)
+    return drcl_loss_implementation(rows, width, targets, pinv, backend)(features, targets, logits, pinv, q)
 
 
 def loss_forms_gradients(rows: int, width: int, targets: torch.Tensor, pinv: torch.Tensor, backend: str) -> bool:
     """Whether the RSC loss `backend` picks for `rows` x `width` features (and these targets, on their
     device) forms its gradients in the forward pass (the restructured engine), so that
     ``drcl_loss_gradients`` can hand them out without autograd."""
-    return _loss_implementation(rows, width, targets, pinv, backend) is _DRCL_TERMS["restructured"]
+    return drcl_loss_implementation(rows, width, targets, pinv, backend) is _DRCL_TERMS["restructured"]
 
 
 def drcl_loss_gradients(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, pinv: torch.Tensor,
@@ -133,8 +194,10 @@ def drcl_loss_gradients(features: torch.Tensor, targets: torch.Tensor, logits: t
     return (terms, *combine(weights.to(terms), *grads))
 
 
-def _loss_implementation(rows: int, width: int, targets: torch.Tensor, pinv: torch.Tensor, backend: str
-                         ) -> Callable:
+def drcl_loss_implementation(rows: int, width: int, targets: torch.Tensor, pinv: torch.Tensor, backend: str
+                             ) -> Callable:
+    """What ``drcl_loss_terms`` runs for `rows` x `width` features with these targets and L: a training
+    unit chooses it once, for all its batches (the same for each: their shape repeats)."""
     fn = _pick("drcl_loss", backend, targets.device, targets, pinv)
     if picks_automatically(backend, _DRCL_TERMS) and fn is _DRCL_TERMS["restructured"] and \
             not restructured.pays_off(rows, width, targets.shape[1]):
@@ -156,21 +219,97 @@ def _check_loss_shapes(features: torch.Tensor, targets: torch.Tensor, logits: to
 def drcl_loss(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
               pinv: torch.Tensor, q: float, alpha: float, beta: float, eta: float,
               backend: str = "auto") -> torch.Tensor:
-    """The RSC objective J = eta J_L + alpha J_D + beta J_MSE as a scalar tensor.
+    """The RSC objective J = eta J_L + alpha J_D + beta J_MSE (terms: `drcl_loss_terms`).
 
-    `features` is the mixed batch f~ (B x D), `targets` the mixed labels y~ (B x C),
-    `logits` f~W (B x C) and `pinv` L = W+ (C x D).
+    Args:
+        features: (B, D) the mixed embeddings f~ (`feature_mixup` of unit rows).
+        targets: (B, C) the mixed labels y~.
+        logits: (B, C) the class scores f~ W.
+        pinv: (C, D) L = W+ (`prior_pinv`).
+        q: the GCE exponent, in [0, 1].
+        alpha, beta, eta: the weights of J_D, J_MSE and J_L (released defaults 0.1, 0.1, 1).
+        backend: as for `drcl_loss_terms`.
+
+    Returns:
+        J, a 0-dim tensor, differentiable with respect to `features` and `logits`.
+
+    Raises:
+        ValueError, BackendError: as for `drcl_loss_terms`.
+
+    Example:
+        >>> import torch
+        >>> from drcl_fast import ops
+        >>> g = torch.Generator().manual_seed(0)
+        >>> prior = torch.randn(8, 3, generator=g)                  # W, D x C
+        >>> unit = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)
+        >>> labels = torch.eye(3)[[0, 1, 2, 0]]
+        >>> features, targets = ops.feature_mixup(unit, labels, 0.9, torch.tensor([1, 2, 3, 0]))
+        >>> loss = ops.drcl_loss(features, targets, features @ prior, ops.prior_pinv(prior),
+        ...                      q=0.5, alpha=0.1, beta=0.1, eta=1.0)
+        >>> round(float(loss), 4)
+        0.5542
     """
     j_l, j_d, j_mse = drcl_loss_terms(features, targets, logits, pinv, q, backend)
     return eta * j_l + alpha * j_d + beta * j_mse
 
 
 def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """relu(x W^T + b), one hidden layer of the encoder."""
+    """relu(x weight^T + bias), one hidden layer of the encoder.
+
+    Args:
+        x: (B, in) rows.
+        weight: (out, in), as `torch.nn.Linear` holds it.
+        bias: (out,).
+        backend: "auto", "torch" (the reference) or "triton" (CUDA tensors: one GEMM with a
+            bias and ReLU epilogue); any other name runs what "auto" picks.
+
+    Returns:
+        (B, out) activations, differentiable with respect to every input.
+
+    Raises:
+        BackendError: an unknown backend, or "triton" where it cannot run.
+
+    Example:
+        >>> import torch
+        >>> from drcl_fast import ops
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, weight = torch.randn(4, 5, generator=g), torch.randn(6, 5, generator=g)
+        >>> hidden = ops.linear_relu(x, weight, torch.zeros(6))
+        >>> hidden.shape, bool((hidden >= 0).all())
+        (torch.Size([4, 6]), True)
+    """
     return _pick("linear_relu", backend, x.device)(x, weight, bias)
 
 
 def mixup_project(hidden: torch.Tensor, head_weight: torch.Tensor, permutation: torch.Tensor, gamma: float,
                   prior: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(f~, f~ W): the encoder's last layer, unit rows, Mixup with `permutation`, projection by the prior."""
+    """(f~, f~ W): the encoder's last layer, unit rows, Mixup with `permutation`, projection by the prior.
+
+    f = the rows of ``hidden @ head_weight^T`` scaled to unit norm, ``f~ = gamma f + (1 - gamma) f[permutation]``.
+
+    Args:
+        hidden: (B, H) the last hidden layer's activations.
+        head_weight: (D, H) the last linear layer's weight (no bias).
+        permutation: (B,) int64, the row each row is mixed with.
+        gamma: the Mixup coefficient (1: no mixing).
+        prior: (D, C) the prior W, treated as a constant.
+        backend: "auto", "torch" (the reference) or "triton" (CUDA tensors: one fused stage);
+            any other name runs what "auto" picks.
+
+    Returns:
+        (f~ (B, D), f~ W (B, C)), in the prior's dtype.
+
+    Raises:
+        BackendError: as for `linear_relu`.
+
+    Example:
+        >>> import torch
+        >>> from drcl_fast import ops
+        >>> g = torch.Generator().manual_seed(0)
+        >>> hidden, head = torch.rand(4, 6, generator=g), torch.randn(8, 6, generator=g)
+        >>> prior = torch.randn(8, 3, generator=g)
+        >>> mixed, logits = ops.mixup_project(hidden, head, torch.tensor([1, 2, 3, 0]), 0.9, prior)
+        >>> mixed.shape, logits.shape
+        (torch.Size([4, 8]), torch.Size([4, 3]))
+    """
     return _pick("mixup_project", backend, hidden.device, prior)(hidden, head_weight, permutation, gamma, prior)

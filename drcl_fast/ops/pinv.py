@@ -59,7 +59,31 @@ def cholesky_pinv(prior: torch.Tensor) -> torch.Tensor | None:
 
 
 def prior_pinv(prior: torch.Tensor) -> torch.Tensor:
-    """L = W+ (C x D) in the prior's dtype; cached, so each prior is inverted once."""
+    """L = W+, the Moore-Penrose pseudo-inverse of the prior W, as the RSC loss takes it.
+
+    A C x C Cholesky solve in float64 for a well-conditioned W, else an SVD (see the module's
+    docstring). The result is cached: a prior equal to the last one is not inverted again.
+
+    Args:
+        prior: (D, C) the prior W.
+
+    Returns:
+        (C, D) L = W+, contiguous, in the prior's dtype and on its device.
+
+    Warns:
+        IllConditionedPriorWarning: W is rank-deficient (e.g. C > D) or cond(W^T W) exceeds
+            MAX_GRAM_CONDITION, so the SVD is taken.
+
+    Example:
+        >>> import torch
+        >>> from drcl_fast import ops
+        >>> prior = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))   # W, D x C
+        >>> pinv = ops.prior_pinv(prior)
+        >>> pinv.shape, pinv.dtype
+        (torch.Size([3, 8]), torch.float32)
+        >>> torch.allclose(pinv @ prior, torch.eye(3), atol=1e-5)
+        True
+    """
     return _pinvs.get(prior, _invert)
 
 

@@ -64,7 +64,29 @@ def mix_rows(rows: torch.Tensor, gamma: float, permutation: torch.Tensor) -> tor
 
 def feature_mixup(features: torch.Tensor, targets: torch.Tensor, gamma: float,
                   permutation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FA: mix each row with the row `permutation` sends it to; labels mix alike."""
+    """FA, Mixup in the embedding space: each row mixed with the row `permutation` names, labels alike.
+
+    ``f~ = gamma f + (1 - gamma) f[permutation]`` and ``y~ = gamma y + (1 - gamma) y[permutation]``;
+    f~ is not re-normalised (docs/design.md section 1).
+
+    Args:
+        features: (B, D) embeddings f (unit rows in training).
+        targets: (B, C) labels y (one-hot or 0/1 rows).
+        gamma: the Mixup coefficient (1: no mixing, the "without FA" ablation).
+        permutation: (B,) int64, the row each row is mixed with.
+
+    Returns:
+        (f~ (B, D), y~ (B, C)).
+
+    Example:
+        >>> import torch
+        >>> from drcl_fast import ops
+        >>> features, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.eye(2)
+        >>> mixed, mixed_labels = ops.feature_mixup(features, labels, 0.9, torch.tensor([1, 0]))
+        >>> mixed
+        tensor([[0.9000, 0.1000],
+                [0.1000, 0.9000]])
+    """
     return mix_rows(features, gamma, permutation), mix_rows(targets, gamma, permutation)
 
 

@@ -7,13 +7,17 @@ stable sort and scored with cumulative sums, with no per-query Python loop.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from drcl_fast.errors import ConfigError, DataError
+
+# An array as the public API takes it (embeddings, labels, a model's input rows): a tensor, a numpy
+# array, or nested sequences of numbers, which numpy.asarray converts (`_to_tensor`).
+ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float], Sequence[Sequence[float]]]
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
 
@@ -24,7 +28,7 @@ DEFAULT_MAX_MEMORY = 256 * 2**20
 _BYTES_PER_PAIR = 64
 
 
-def _to_tensor(x: Any, device: torch.device) -> torch.Tensor:
+def _to_tensor(x: ArrayLike, device: torch.device) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(device)
     return torch.as_tensor(np.asarray(x), device=device)

@@ -10,9 +10,12 @@ import numpy as np
 import torch
 
 from drcl_fast.data.container import MultiModalData
+from drcl_fast.runtime import interrupt
 
-# What a unit's epoch loop calls: after each epoch (its number, and how to read the unit's state), and
-# when the unit stops early (how to read the state it continues from).
+# What a unit's epoch loop (SPL's, RSC's) calls. `on_epoch(epoch, snapshot)` runs after every epoch;
+# `snapshot()` returns the state that the unit's `resume` takes to continue from that epoch bit for bit.
+# Before each batch, a stop request (runtime.interrupt) calls `on_stop(snapshot)`, the state to continue
+# from that batch, and raises `interrupt.Interrupted`.
 EpochHook = Callable[[int, Callable[[], dict[str, Any]]], None]
 StopHook = Callable[[Callable[[], dict[str, Any]]], None]
 
@@ -81,6 +84,17 @@ def batch_loop(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(before)
+
+
+def run_batches(first: int, count: int, device: torch.device, one_batch: Callable[[int], None]) -> int | None:
+    """one_batch(b) for b = first .. count - 1 inside ``batch_loop``; before each, a stop request
+    (runtime.interrupt) ends the loop: the batch it came at, or None when every batch ran."""
+    with batch_loop(device):
+        for b in range(first, count):
+            if interrupt.requested():
+                return b
+            one_batch(b)
+    return None
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from drcl_fast.runtime import interrupt
 from drcl_fast.runtime.precision import compute_dtype
 from drcl_fast.runtime.progress import epoch_bar
 from drcl_fast.training.encoder_step import EncoderStep, step_for
-from drcl_fast.training.modality import EpochHook, ModalityData, StopHook, batch_loop, encode, epoch_draws
+from drcl_fast.training.modality import EpochHook, ModalityData, StopHook, encode, epoch_draws, run_batches
 from drcl_fast.training.optim import adam
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
@@ -80,58 +80,115 @@ def objective(terms: tuple[torch.Tensor, ...], s: RSCSettings) -> torch.Tensor:
     return s.eta * j_l + s.alpha * j_d + s.beta * j_mse
 
 
+LossTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+                     tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 def batch_loss(encoder: Encoder, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor,
-               prior: torch.Tensor, pinv: torch.Tensor, q: float, s: RSCSettings
+               prior: torch.Tensor, pinv: torch.Tensor, q: float, s: RSCSettings, loss_terms: LossTerms | None = None
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """J of one training batch and its terms: encode, Mixup, project by W, recast, loss.
 
     `s.backend` runs the whole chain: with "triton", the encoder's layers, Mixup and
-    the projection are fused kernels as well as the loss.
+    the projection are fused kernels as well as the loss. `loss_terms` is the loss's
+    implementation where the caller has chosen it (``RSCStep``); else the op dispatches.
     """
     mixed_f, logits = encoder.mixed_forward(x, permutation, s.gamma, prior, s.backend)
-    return mixed_loss(mixed_f, logits, targets, permutation, pinv, q, s)
+    return mixed_loss(mixed_f, logits, targets, permutation, pinv, q, s, loss_terms)
 
 
 def mixed_loss(mixed_f: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor,
-               pinv: torch.Tensor, q: float, s: RSCSettings
+               pinv: torch.Tensor, q: float, s: RSCSettings, loss_terms: LossTerms | None = None
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """J and its terms from the mixed batch f~ and its logits f~ W: the targets mixed alike, recast, loss."""
     mixed_t = ops.mix_rows(targets, s.gamma, permutation)
-    terms = ops.drcl_loss_terms(mixed_f, mixed_t, logits, pinv, q, backend=s.backend)
+    if loss_terms is None:
+        terms = ops.drcl_loss_terms(mixed_f, mixed_t, logits, pinv, q, backend=s.backend)
+    else:
+        terms = loss_terms(mixed_f, mixed_t, logits, pinv, q)
     return objective(terms, s), terms
 
 
-def batch_gradients(encoder: Encoder, step: EncoderStep | None, x: torch.Tensor, targets: torch.Tensor,
-                    permutation: torch.Tensor, prior: torch.Tensor, pinv: torch.Tensor, q: float, s: RSCSettings
-                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``batch_loss``, with J's gradients in the encoder's .grad: through `step`'s closed-form layers
-    where it is given (Mixup and the projection as ``reference.mixup_project`` does them, and where the
-    loss forms its gradients itself, its backward and Mixup's by hand too), else by autograd."""
-    if step is None:
-        loss, terms = batch_loss(encoder, x, targets, permutation, prior, pinv, q, s)
+class RSCStep:
+    """One RSC unit's training step: J of a batch and its terms, with J's gradients in the encoder's .grad.
+
+    The route is chosen once, when the unit starts, from the device, the backend, the precision (the
+    encoder's) and the batch's shape; each batch then runs straight down it:
+
+    - "autograd": the encoder's ops as the backend picks them (fused Triton kernels on a GPU), backward
+      by autograd;
+    - "closed form": the encoder's layers forward and backward by hand (``EncoderStep``), Mixup, the
+      projection and the loss under autograd;
+    - "by hand": all of it by hand, the loss forming its own gradients (the restructured engine); in
+      C++ where the extension is built. A batch whose recast norms come near the loss's clamp (the C++
+      step checks) takes the Python step instead, which runs the exact pairwise terms.
+
+    Args:
+        encoder: the unit's encoder.
+        closed_form: its closed-form step (``step_for``), or None for the autograd route.
+        prior, pinv: the frozen prior W and L = W+.
+        s: the unit's settings; its batches have ``s.batch_size`` rows (the last partial one is dropped).
+        targets: the unit's training targets (their device and dtype decide the loss's implementation).
+    """
+
+    def __init__(self, encoder: Encoder, closed_form: EncoderStep | None, prior: torch.Tensor,
+                 pinv: torch.Tensor, s: RSCSettings, targets: torch.Tensor) -> None:
+        self.encoder, self.closed_form, self.prior, self.pinv, self.s = encoder, closed_form, prior, pinv, s
+        self.loss_terms = ops.drcl_loss_implementation(s.batch_size, prior.shape[0], targets, pinv, s.backend)
+        if closed_form is None:
+            self.route, self._run = "autograd", self._through_autograd
+        elif ops.loss_forms_gradients(s.batch_size, prior.shape[0], targets, pinv, s.backend):
+            self.route, self._run = "by hand", self._by_hand
+        else:
+            self.route, self._run = "closed form", self._closed_form_layers
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor, q: float
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return self._run(x, targets, permutation, q)
+
+    def _through_autograd(self, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor, q: float
+                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        loss, terms = batch_loss(self.encoder, x, targets, permutation, self.prior, self.pinv, q, self.s,
+                                 self.loss_terms)
         loss.backward()
         return loss, terms
 
-    def tail(unit: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        mixed_f = ops.mix_rows(unit, s.gamma, permutation)
-        return mixed_loss(mixed_f, mixed_f @ prior, targets, permutation, pinv, q, s)
+    def _closed_form_layers(self, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor, q: float
+                            ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        def tail(unit: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            mixed_f = ops.mix_rows(unit, self.s.gamma, permutation)
+            return mixed_loss(mixed_f, mixed_f @ self.prior, targets, permutation, self.pinv, q, self.s,
+                              self.loss_terms)
 
-    def tail_by_hand(unit: torch.Tensor
-                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        mixed_f = ops.mix_rows(unit, s.gamma, permutation)
-        weights = torch.tensor([s.eta, s.alpha, s.beta], dtype=unit.dtype)
-        stacked, d_mixed, d_logits = ops.drcl_loss_gradients(
-            mixed_f, ops.mix_rows(targets, s.gamma, permutation), mixed_f @ prior, pinv, q, weights)
-        d_mixed.addmm_(d_logits, prior.t())   # through the logits f~ W
-        # Through Mixup, gamma f + (1 - gamma) f[pi]: row pi_i also receives (1 - gamma) of row i's gradient.
-        d_unit = torch.mul(d_mixed, s.gamma).index_add_(0, permutation, d_mixed, alpha=1.0 - s.gamma)
-        terms = tuple(stacked.unbind())
-        return objective(terms, s), terms, d_unit
+        return self.closed_form.loss_and_grads(x, tail)
 
-    if ops.loss_forms_gradients(x.shape[0], prior.shape[0], targets, pinv, s.backend):
-        found = step.native_rsc(x, targets, permutation, prior, pinv, q, s.gamma, (s.eta, s.alpha, s.beta))
-        return step.loss_and_grads_by_hand(x, tail_by_hand) if found is None else found
-    return step.loss_and_grads(x, tail)
+    def _by_hand(self, x: torch.Tensor, targets: torch.Tensor, permutation: torch.Tensor, q: float
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        s, prior, pinv = self.s, self.prior, self.pinv
+        found = self.closed_form.native_rsc(x, targets, permutation, prior, pinv, q, s.gamma,
+                                            (s.eta, s.alpha, s.beta))
+        if found is not None:
+            return found
+
+        def tail_by_hand(unit: torch.Tensor
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+            mixed_f = ops.mix_rows(unit, s.gamma, permutation)
+            weights = torch.tensor([s.eta, s.alpha, s.beta], dtype=unit.dtype)
+            stacked, d_mixed, d_logits = ops.drcl_loss_gradients(
+                mixed_f, ops.mix_rows(targets, s.gamma, permutation), mixed_f @ prior, pinv, q, weights)
+            d_mixed.addmm_(d_logits, prior.t())   # through the logits f~ W
+            # Through Mixup, gamma f + (1 - gamma) f[pi]: row pi_i also receives (1 - gamma) of row i's gradient.
+            d_unit = torch.mul(d_mixed, s.gamma).index_add_(0, permutation, d_mixed, alpha=1.0 - s.gamma)
+            terms = tuple(stacked.unbind())
+            return objective(terms, s), terms, d_unit
+
+        return self.closed_form.loss_and_grads_by_hand(x, tail_by_hand)
+
+
+def rsc_step(encoder: Encoder, prior: torch.Tensor, pinv: torch.Tensor, s: RSCSettings,
+             targets: torch.Tensor) -> RSCStep:
+    """The unit's step, its route chosen now (``RSCStep``)."""
+    return RSCStep(encoder, step_for(encoder, s.backend, targets.device), prior, pinv, s, targets)
 
 
 def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress: bool = True,
@@ -139,17 +196,14 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
               on_epoch: EpochHook | None = None, on_stop: StopHook | None = None) -> RSCResult:
     """Train a fresh F_k against the frozen prior W; keep test outputs of the lowest validation loss.
 
-    `on_epoch(epoch, snapshot)` runs after every epoch; `snapshot()` returns the
-    state that `resume` takes to continue from that epoch bit for bit. Before each
-    batch, a stop request (`interrupt`) calls `on_stop(snapshot)`, the state to continue
-    from that batch, and raises `interrupt.Interrupted`.
+    `on_epoch`, `on_stop` and `resume`: as ``modality.EpochHook`` says.
     """
     device = data.train_x.device
     prior = prior.to(device=device, dtype=torch.float32)
     pinv = (ops.prior_pinv(prior) if pinv is None else pinv).to(device)
     encoder = seeded_encoder(data.input_dim, s.hidden_dim, prior.shape[0], s.seed, device, s.compute_dtype)
     optimizer = adam(encoder.parameters(), s.lr)
-    step = step_for(encoder, s.backend, device)
+    step = rsc_step(encoder, prior, pinv, s, data.train_t)
     generator = torch.Generator().manual_seed(s.seed)
     best: _Selection | None = None
     history: list[dict[str, float]] = []
@@ -182,20 +236,18 @@ def train_rsc(data: ModalityData, prior: torch.Tensor, s: RSCSettings, progress:
             first_bad.copy_(partial["first_bad"])
         drawn_from = generator.get_state()
         batches, permutations = epoch_draws(data.train_x.shape[0], s.batch_size, generator, device, mixup=True)
-        stopped = None   # the batch at which a stop request came
-        with batch_loop(device):
-            for b in range(first_batch, batches.shape[0]):
-                if interrupt.requested():
-                    stopped = b
-                    break
-                idx = batches[b]
-                optimizer.zero_grad(set_to_none=True)
-                loss, terms = batch_gradients(encoder, step, data.train_x[idx], data.train_t[idx],
-                                              permutations[b], prior, pinv, q, s)
-                optimizer.step()
-                values = torch.stack([t.detach() for t in terms])
-                sums += torch.cat([loss.detach().reshape(1), values]).double()
-                first_bad = torch.where(torch.isfinite(values), first_bad, first_bad.clamp(max=b + 1))
+
+        def one_batch(b: int) -> None:
+            nonlocal first_bad
+            idx = batches[b]
+            optimizer.zero_grad(set_to_none=True)
+            loss, terms = step(data.train_x[idx], data.train_t[idx], permutations[b], q)
+            optimizer.step()
+            values = torch.stack([t.detach() for t in terms])
+            sums.add_(torch.cat([loss.detach().reshape(1), values]).double())
+            first_bad = torch.where(torch.isfinite(values), first_bad, first_bad.clamp(max=b + 1))
+
+        stopped = run_batches(first_batch, batches.shape[0], device, one_batch)
         if stopped is not None:   # saved outside the loop, which reads nothing back from the device
             if on_stop is not None:
                 on_stop(lambda: {**snapshot(), "epoch": epoch, "batch": stopped, "generator": drawn_from,

@@ -18,7 +18,7 @@ from drcl_fast.runtime import interrupt
 from drcl_fast.runtime.precision import compute_dtype
 from drcl_fast.runtime.progress import epoch_bar
 from drcl_fast.training.encoder_step import EncoderStep, step_for
-from drcl_fast.training.modality import EpochHook, ModalityData, StopHook, batch_loop, encode, epoch_draws
+from drcl_fast.training.modality import EpochHook, ModalityData, StopHook, encode, epoch_draws, run_batches
 from drcl_fast.training.optim import adam
 
 log = logging.getLogger("drcl_fast.epochs")  # one line per epoch; the CLI keeps it off the console
@@ -61,28 +61,52 @@ def quality_score(encoder: torch.nn.Module, prior: torch.Tensor, x: torch.Tensor
     return (probabilities * targets).sum(dim=1).mean()
 
 
-def batch_gradients(encoder: torch.nn.Module, step: EncoderStep | None, x: torch.Tensor,
-                    prior: torch.Tensor, targets: torch.Tensor, q: float, backend: str) -> torch.Tensor:
-    """GCE of one batch, with its gradients in the encoder's and the prior's .grad: through `step`'s
-    closed-form layers where it is given (GCE's and the projection's backward by hand then too), else
-    by autograd."""
-    if step is None:
-        loss = ops.gce_loss(encoder(x) @ prior, targets, q, backend=backend)
+class SPLStep:
+    """One SPL unit's training step: GCE of a batch, with its gradients in the encoder's and the prior's .grad.
+
+    The route is chosen once, when the unit starts (``step_for``: device, backend, precision):
+    "autograd" (the ops as the backend picks them, backward by autograd) or "by hand" (the encoder's
+    layers, the projection and GCE forward and backward in closed form; in C++ where the extension is
+    built, else in Python).
+
+    Args:
+        encoder: the unit's encoder.
+        closed_form: its closed-form step, or None for the autograd route.
+        prior: W_k, trained with the encoder.
+        backend: the run's backend.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, closed_form: EncoderStep | None, prior: torch.Tensor,
+                 backend: str) -> None:
+        self.encoder, self.closed_form, self.prior, self.backend = encoder, closed_form, prior, backend
+        self.route, self._run = ("autograd", self._through_autograd) if closed_form is None else \
+            ("by hand", self._by_hand)
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor, q: float) -> torch.Tensor:
+        return self._run(x, targets, q)
+
+    def _through_autograd(self, x: torch.Tensor, targets: torch.Tensor, q: float) -> torch.Tensor:
+        loss = ops.gce_loss(self.encoder(x) @ self.prior, targets, q, backend=self.backend)
         loss.backward()
         return loss
 
-    def tail_by_hand(unit: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor]:
-        # GCE in closed form: where a step exists, the gce_loss op runs its reference (closed_form_applies).
-        loss, d_logits = gce_value_and_grad(unit @ prior, targets, q)
-        d_prior = unit.t() @ d_logits
-        if prior.grad is None:
-            prior.grad = d_prior
-        else:
-            prior.grad.add_(d_prior)
-        return loss, None, d_logits @ prior.t()
+    def _by_hand(self, x: torch.Tensor, targets: torch.Tensor, q: float) -> torch.Tensor:
+        prior = self.prior
+        found = self.closed_form.native_spl(x, targets, prior, q)
+        if found is not None:
+            return found
 
-    found = step.native_spl(x, targets, prior, q)
-    return step.loss_and_grads_by_hand(x, tail_by_hand)[0] if found is None else found
+        def tail_by_hand(unit: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor]:
+            # GCE in closed form: where a step exists, the gce_loss op runs its reference (closed_form_applies).
+            loss, d_logits = gce_value_and_grad(unit @ prior, targets, q)
+            d_prior = unit.t() @ d_logits
+            if prior.grad is None:
+                prior.grad = d_prior
+            else:
+                prior.grad.add_(d_prior)
+            return loss, None, d_logits @ prior.t()
+
+        return self.closed_form.loss_and_grads_by_hand(x, tail_by_hand)[0]
 
 
 def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
@@ -91,16 +115,13 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
                 on_epoch: EpochHook | None = None, on_stop: StopHook | None = None) -> SPLResult:
     """Train F_k and W_k (initialised at W0) with GCE; score S_k(e) after sampled epochs.
 
-    `on_epoch(epoch, snapshot)` runs after every epoch; `snapshot()` returns the
-    state that `resume` takes to continue from that epoch bit for bit. Before each
-    batch, a stop request (`interrupt`) calls `on_stop(snapshot)`, the state to continue
-    from that batch, and raises `interrupt.Interrupted`.
+    `on_epoch`, `on_stop` and `resume`: as ``modality.EpochHook`` says.
     """
     device = data.train_x.device
     encoder = seeded_encoder(data.input_dim, hidden_dim, w0.shape[0], seed, device, compute_dtype(precision))
     prior = torch.nn.Parameter(w0.clone().to(device))
     optimizer = adam([*encoder.parameters(), prior], lr)
-    step = step_for(encoder, backend, device)
+    step = SPLStep(encoder, step_for(encoder, backend, device), prior, backend)
     generator = torch.Generator().manual_seed(seed)
     result = SPLResult(data.name, w0.clone(), w0.clone(), best_epoch=0)
     start, first_batch, partial = 0, 0, None
@@ -132,17 +153,15 @@ def learn_prior(data: ModalityData, w0: torch.Tensor, *, epochs: int, batch_size
             total.copy_(partial["total"])
         drawn_from = generator.get_state()
         batches, _ = epoch_draws(data.train_x.shape[0], batch_size, generator, device)
-        stopped = None   # the batch at which a stop request came
-        with batch_loop(device):
-            for b in range(first_batch, batches.shape[0]):
-                if interrupt.requested():
-                    stopped = b
-                    break
-                idx = batches[b]
-                optimizer.zero_grad(set_to_none=True)
-                loss = batch_gradients(encoder, step, data.train_x[idx], prior, data.train_t[idx], q, backend)
-                optimizer.step()
-                total += loss.detach().double()
+
+        def one_batch(b: int) -> None:
+            idx = batches[b]
+            optimizer.zero_grad(set_to_none=True)
+            loss = step(data.train_x[idx], data.train_t[idx], q)
+            optimizer.step()
+            total.add_(loss.detach().double())
+
+        stopped = run_batches(first_batch, batches.shape[0], device, one_batch)
         if stopped is not None:   # saved outside the loop, which reads nothing back from the device
             if on_stop is not None:
                 on_stop(lambda: {**snapshot(), "epoch": epoch, "batch": stopped, "generator": drawn_from,

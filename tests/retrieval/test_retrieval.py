@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from drcl_fast.retrieval import (DirectionResult, evaluate_directions, evaluate_map, format_table,
-                                 metrics_dict, result_line)
+from drcl_fast.retrieval import DirectionResult, evaluate_directions, evaluate_map, format_table, metrics_dict
 from drcl_fast.retrieval.reference import (DEFAULT_MAX_MEMORY, auto_chunk_size, average_precisions,
                                            average_precisions_from_scores, check_inputs, chunk_scores,
                                            unit_rows)
+from drcl_fast.retrieval.report import result_line
 from drcl_fast.runtime.backends import BackendError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

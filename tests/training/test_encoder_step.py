@@ -8,6 +8,7 @@ from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
 from drcl_fast.training import rsc, spl
 from drcl_fast.training.encoder_step import EncoderStep, closed_form_applies, step_for
+from drcl_fast.training.modality import ModalityData
 from drcl_fast.training.spl import initial_prior
 
 # Odd sizes: no width a multiple of a vector or a block. At B rows the RSC loss is the reference
@@ -36,17 +37,17 @@ def _batch(dtype: torch.dtype, seed: int = 0, rows: int = B) -> dict:
 def _rsc_grads(dtype: torch.dtype, closed: bool, batch: dict) -> tuple[float, list[torch.Tensor]]:
     encoder = seeded_encoder(D_IN, H, D, 3).to(dtype)
     settings = rsc.RSCSettings(lr=1e-3, epochs=1, batch_size=batch["x"].shape[0], hidden_dim=H)
-    loss, _ = rsc.batch_gradients(encoder, EncoderStep(encoder) if closed else None, batch["x"],
-                                  batch["targets"], batch["permutation"], batch["prior"], batch["pinv"], 0.5,
-                                  settings)
+    step = rsc.RSCStep(encoder, EncoderStep(encoder) if closed else None, batch["prior"], batch["pinv"], settings,
+                       batch["targets"])
+    loss, _ = step(batch["x"], batch["targets"], batch["permutation"], 0.5)
     return loss.item(), [p.grad for p in encoder.parameters()]
 
 
 def _spl_grads(dtype: torch.dtype, closed: bool, batch: dict) -> tuple[float, list[torch.Tensor]]:
     encoder = seeded_encoder(D_IN, H, D, 3).to(dtype)
     prior = torch.nn.Parameter(batch["prior"].clone())
-    loss = spl.batch_gradients(encoder, EncoderStep(encoder) if closed else None, batch["x"], prior,
-                               batch["targets"], 0.3, "auto")
+    step = spl.SPLStep(encoder, EncoderStep(encoder) if closed else None, prior, "auto")
+    loss = step(batch["x"], batch["targets"], 0.3)
     return loss.item(), [p.grad for p in (*encoder.parameters(), prior)]
 
 
@@ -128,16 +129,20 @@ def test_the_triton_layers_keep_autograd(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not closed_form_applies("triton", torch.device("cpu"))
 
 
+def _unit_data(n: int, c: int, seed: int) -> ModalityData:
+    """A small modality: n training rows of width 23, 20 validation and 15 test rows, c classes."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, c, (n,), generator=g)
+    return ModalityData("m", torch.randn(n, 23, generator=g), torch.eye(c)[labels],
+                        torch.randn(20, 23, generator=g), torch.eye(c)[torch.randint(0, c, (20,), generator=g)],
+                        torch.randn(15, 23, generator=g), labels[:15].numpy())
+
+
 def test_a_short_training_run_matches_the_autograd_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same seed, with and without the closed form: per-epoch losses to float32 rounding, the same
     selection, test embeddings close."""
-    from drcl_fast.training.modality import ModalityData
-    g = torch.Generator().manual_seed(7)
-    n, c = 60, 4
-    labels = torch.randint(0, c, (n,), generator=g)
-    data = ModalityData("m", torch.randn(n, 23, generator=g), torch.eye(c)[labels],
-                        torch.randn(20, 23, generator=g), torch.eye(c)[torch.randint(0, c, (20,), generator=g)],
-                        torch.randn(15, 23, generator=g), labels[:15].numpy())
+    c = 4
+    data = _unit_data(60, c, seed=7)
     settings = rsc.RSCSettings(lr=1e-3, epochs=4, batch_size=16, hidden_dim=48)
     prior = initial_prior(32, c, 1)
     closed = rsc.train_rsc(data, prior, settings, progress=False)
@@ -164,3 +169,26 @@ def test_without_the_extension_the_python_step_runs_and_says_so_once(monkeypatch
                            0.5, 0.9, (1.0, 0.1, 0.1)) is None
     loss_closed, closed = _rsc_grads(torch.float64, True, batch)     # the Python closed form, unchanged
     _assert_close(closed, _rsc_grads(torch.float64, False, batch)[1], torch.float64)
+
+
+def test_a_unit_chooses_its_route_once_and_each_batch_runs_straight_down_it(monkeypatch) -> None:
+    """The loss's implementation and the step's route are chosen when the unit starts: no batch asks again."""
+    asked = []
+    choose = ops.drcl_loss_implementation
+    monkeypatch.setattr(ops, "drcl_loss_implementation", lambda *args: asked.append(args[0]) or choose(*args))
+    c = 4
+    data = _unit_data(64, c, seed=5)
+    settings = rsc.RSCSettings(lr=1e-3, epochs=3, batch_size=16, hidden_dim=48)
+    rsc.train_rsc(data, initial_prior(32, c, 1), settings, progress=False)
+    # Two choices at the start (the loss's implementation, whether it forms its gradients), then one per
+    # validation (the whole split, unmixed: not a training batch); 4 batches x 3 epochs asked nothing.
+    assert asked == [16, 16] + [20] * 3
+
+
+@pytest.mark.parametrize("backend, rows, route", [("auto", 16, "closed form"), ("auto", LOSS_BY_HAND_ROWS, "by hand"),
+                                                  ("torch", 16, "autograd")])
+def test_the_route_follows_backend_and_batch_shape(backend: str, rows: int, route: str) -> None:
+    batch = _batch(torch.float32, rows=rows)
+    encoder = seeded_encoder(D_IN, H, D, 3)
+    s = rsc.RSCSettings(lr=1e-3, epochs=1, batch_size=rows, hidden_dim=H, backend=backend)
+    assert rsc.rsc_step(encoder, batch["prior"], batch["pinv"], s, batch["targets"]).route == route

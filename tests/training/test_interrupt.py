@@ -208,7 +208,7 @@ def test_under_torchrun_every_rank_stops_and_the_job_ends(reference, tmp_path):
 def ctrl_c_at(call: int, monkeypatch) -> None:
     """Ctrl-C from inside the `call`-th RSC batch of this process (a unit's thread: the signal reaches the
     main thread, as a terminal's does)."""
-    real, calls, lock = rsc.batch_gradients, [], threading.Lock()
+    real, calls, lock = rsc.RSCStep.__call__, [], threading.Lock()
 
     def counting(*args, **kwargs):
         with lock:      # two units' threads count here: unlocked, both could read 13 and skip 12
@@ -218,7 +218,7 @@ def ctrl_c_at(call: int, monkeypatch) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rsc, "batch_gradients", counting)
+    monkeypatch.setattr(rsc.RSCStep, "__call__", counting)
 
 
 def test_fit_stops_on_ctrl_c_and_leaves_no_handler_behind(mfeat, tiny_config, monkeypatch, one_thread):

@@ -2,7 +2,7 @@
 
 This CPU may lack native bf16 instructions, where torch emulates bf16 products (correct, slow): the
 probe is mocked so that the bf16 paths run at small sizes here; the speed is measured in
-bench/train_cpu.py --precision on a CPU that has them.
+bench/cpu/train_cpu.py --precision on a CPU that has them.
 """
 from __future__ import annotations
 
@@ -79,11 +79,11 @@ def _closed_form_grads(phase: str, batch: dict, q: float, s: rsc.RSCSettings, na
     if not native:
         step.native_rsc = step.native_spl = lambda *args: None
     if phase == "rsc":
-        loss, _ = rsc.batch_gradients(encoder, step, batch["x"], batch["targets"], batch["permutation"],
-                                      batch["prior"], batch["pinv"], q, s)
+        rsc_step = rsc.RSCStep(encoder, step, batch["prior"], batch["pinv"], s, batch["targets"])
+        loss, _ = rsc_step(batch["x"], batch["targets"], batch["permutation"], q)
         return loss.item(), [p.grad for p in encoder.parameters()]
     prior = torch.nn.Parameter(batch["prior"].clone())
-    loss = spl.batch_gradients(encoder, step, batch["x"], prior, batch["targets"], q, "auto")
+    loss = spl.SPLStep(encoder, step, prior, "auto")(batch["x"], batch["targets"], q)
     return loss.item(), [p.grad for p in (*encoder.parameters(), prior)]
 
 
@@ -108,8 +108,8 @@ def test_the_bf16_step_differs_from_float32s_by_bf16_rounding_only() -> None:
     s = rsc.RSCSettings(lr=1e-3, epochs=1, batch_size=LOSS_BY_HAND_ROWS, hidden_dim=H, precision="bf16")
     _, low = _closed_form_grads("rsc", batch, 0.5, s, native=True)
     encoder = seeded_encoder(D_IN, H, D, 3)
-    rsc.batch_gradients(encoder, EncoderStep(encoder), batch["x"], batch["targets"], batch["permutation"],
-                        batch["prior"], batch["pinv"], 0.5, s)
+    rsc.RSCStep(encoder, EncoderStep(encoder), batch["prior"], batch["pinv"], s, batch["targets"])(
+        batch["x"], batch["targets"], batch["permutation"], 0.5)
     for got, want in zip(low, (p.grad for p in encoder.parameters()), strict=True):
         relative = ((got - want).norm() / want.norm()).item()
         assert 0 < relative < 0.05, relative

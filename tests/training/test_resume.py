@@ -83,8 +83,8 @@ def fit_interrupted(data, cfg, stop, monkeypatch) -> None:
         return interrupted
 
     with monkeypatch.context() as patch:
-        for name in ("batch_gradients", "validation_loss"):
-            patch.setattr(rsc, name, interrupting(getattr(rsc, name)))
+        patch.setattr(rsc.RSCStep, "__call__", interrupting(rsc.RSCStep.__call__))
+        patch.setattr(rsc, "validation_loss", interrupting(rsc.validation_loss))
         with pytest.raises(KeyboardInterrupt):
             fit(data, cfg, progress=False)
 
@@ -116,15 +116,15 @@ def test_checkpoint_loads_with_weights_only_and_refuses_other_settings(mfeat, ti
 
 def test_non_finite_loss_stops_naming_epoch_and_term_and_keeps_the_checkpoint(mfeat, tiny_config, monkeypatch):
     cfg = tiny_config.replace(prior="w0", checkpoint_every=1, concurrent_units=1)  # the first modality first
-    real = rsc.batch_gradients
+    real = rsc.RSCStep.__call__
 
-    def poisoned(encoder, step, x, targets, permutation, prior, pinv, q, s):
-        loss, (j_l, j_d, j_mse) = real(encoder, step, x, targets, permutation, prior, pinv, q, s)
+    def poisoned(step, x, targets, permutation, q):
+        loss, (j_l, j_d, j_mse) = real(step, x, targets, permutation, q)
         if q >= 0.03:                                      # the third epoch of the first modality
             j_d = j_d * float("nan")
         return loss, (j_l, j_d, j_mse)
 
-    monkeypatch.setattr(rsc, "batch_gradients", poisoned)
+    monkeypatch.setattr(rsc.RSCStep, "__call__", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"'fou', epoch 3: non-finite J_D at batch 1;") as err:
         fit(mfeat, cfg, progress=False)
     assert "rsc modality 0, epoch 2" in str(err.value)

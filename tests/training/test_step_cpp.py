@@ -26,8 +26,8 @@ def _rsc_step(batch: dict, h: int, native: bool, calls: list, compute_dtype: tor
     real = step.native_rsc
     step.native_rsc = (lambda *a: calls.append(real(*a)) or calls[-1]) if native else (lambda *a: None)
     settings = rsc.RSCSettings(lr=1e-3, epochs=1, batch_size=batch["x"].shape[0], hidden_dim=h)
-    loss, terms = rsc.batch_gradients(encoder, step, batch["x"], batch["targets"], batch["permutation"],
-                                      batch["prior"], batch["pinv"], 0.5, settings)
+    rsc_step = rsc.RSCStep(encoder, step, batch["prior"], batch["pinv"], settings, batch["targets"])
+    loss, terms = rsc_step(batch["x"], batch["targets"], batch["permutation"], 0.5)
     return loss, terms, [p.grad for p in encoder.parameters()]
 
 
@@ -64,7 +64,7 @@ def test_the_spl_step_gives_the_python_steps_bits(b, d_in, h, d, c, dtype, compu
             assert step.native_spl(batch["x"], batch["targets"], prior, 0.3) is not None
             encoder.zero_grad(set_to_none=True)
             prior.grad = None
-        loss = spl.batch_gradients(encoder, step, batch["x"], prior, batch["targets"], 0.3, "auto")
+        loss = spl.SPLStep(encoder, step, prior, "auto")(batch["x"], batch["targets"], 0.3)
         results.append([loss, *(p.grad for p in (*encoder.parameters(), prior))])
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 

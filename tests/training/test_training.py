@@ -83,13 +83,14 @@ def test_without_mrr_the_encoder_learns_from_gce_alone(mfeat, tiny_config, tmp_p
     full = fit(mfeat, config.replace(out=str(tmp_path / "x")), progress=False).rsc[2]
     no_mrr = fit(mfeat, config.replace(alpha=0.0, beta=0.0, out=str(tmp_path / "m")), progress=False).rsc[2]
 
-    def gce_alone(encoder, step, x, targets, permutation, prior, pinv, q, s):
-        _, logits = encoder.mixed_forward(x, permutation, s.gamma, prior, "torch")
+    def gce_alone(step, x, targets, permutation, q):
+        s = step.s
+        _, logits = step.encoder.mixed_forward(x, permutation, s.gamma, step.prior, "torch")
         j_l = reference.gce_loss(logits, reference.mix_rows(targets, s.gamma, permutation), q)
         (s.eta * j_l).backward()
         return s.eta * j_l, (j_l, torch.zeros_like(j_l), torch.zeros_like(j_l))
 
-    monkeypatch.setattr(rsc, "batch_gradients", gce_alone)
+    monkeypatch.setattr(rsc.RSCStep, "__call__", gce_alone)
     alone = fit(mfeat, config.replace(alpha=0.0, beta=0.0, out=str(tmp_path / "g")), progress=False).rsc[2]
     assert all(h["J_D"] > 1e-3 and h["J_MSE"] > 1e-3 for h in no_mrr.history)
     gap = np.abs(no_mrr.test_embeddings - alone.test_embeddings).max()
