@@ -1,4 +1,4 @@
-"""bench/encode.py at its tiny size, so that it cannot rot: the table it writes and the arithmetic in it."""
+"""bench/cpu/encode.py at its tiny size, so that it cannot rot: the table it writes and the arithmetic in it."""
 from __future__ import annotations
 
 import re
@@ -8,7 +8,7 @@ from tests.test_bench_smoke import run, table_rows  # run: a subprocess from the
 
 def test_encode_benchmark_table(tmp_path):
     out = tmp_path / "encode.md"
-    printed = run("bench/encode.py", "--out", str(out), env={"DRCL_BENCH_SIZE": "tiny", "OMP_NUM_THREADS": "1"})
+    printed = run("bench/cpu/encode.py", "--out", str(out), env={"DRCL_BENCH_SIZE": "tiny", "OMP_NUM_THREADS": "1"})
     text = out.read_text()
     assert printed == text and "OMP_NUM_THREADS=1" in text and "load average" in text
     assert re.search(r"machine: .+ \(\d+ logical cores\)", text) and "torch 2." in text

@@ -27,14 +27,14 @@ def run(*args: str, env: dict[str, str] | None = None) -> str:
 def test_cpu_map_benchmarks_and_table(tmp_path):
     report = tmp_path / "map.json"
     # Every case once, each checking its MAP against the reference.
-    run("-m", "pytest", "bench/bench_map.py", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+    run("-m", "pytest", "bench/cpu/bench_map.py", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
         env={"DRCL_BENCH_SIZE": "tiny"})
     # Timed (a few milliseconds at this size), for the table script.
-    run("-m", "pytest", "bench/bench_map.py", "-q", "-p", "no:cacheprovider", f"--benchmark-json={report}",
+    run("-m", "pytest", "bench/cpu/bench_map.py", "-q", "-p", "no:cacheprovider", f"--benchmark-json={report}",
         "-k", "single10", env={"DRCL_BENCH_SIZE": "tiny"})
     names = {b["extra_info"]["impl"] for b in json.loads(report.read_text())["benchmarks"]}
     assert names == {"released", "torch", "torch@50", "matmul"} | ({"cpp", "cpp@50"} if cpp.AVAILABLE else set())
-    table = run("bench/map_table.py", str(report))
+    table = run("bench/cpu/map_table.py", str(report))
     assert "| single10 | torch |" in table and "vs released" in table
 
 
@@ -59,7 +59,7 @@ def design_budget_mib(backend: str, max_memory: str, size: int, inputs_mib: floa
 
 def test_memory_probe_is_bounded_and_ordered():
     # Q = N = 1,000: a 1 MiB budget makes cpp rank 174-query chunks instead of all 1,000 queries at once.
-    out = run("bench/map_memory.py", "--size", "1000", "--bounded", "1")
+    out = run("bench/cpu/map_memory.py", "--size", "1000", "--bounded", "1")
     peaks = {}
     for labels in ("single10", "multi21"):
         rows = table_rows(out, labels)
@@ -76,7 +76,7 @@ def test_memory_probe_is_bounded_and_ordered():
 
 @pytest.mark.skipif(not triton_backend.AVAILABLE, reason="triton is not installed")
 def test_gpu_suite_map_section_smoke():
-    out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_map", env={"TRITON_INTERPRET": "1"})
+    out = run("bench/gpu/gpu_suite.py", "--smoke", "--only", "gpu_map", env={"TRITON_INTERPRET": "1"})
     rows = [line for line in out.splitlines() if line.startswith("| gpu_map |")]
     assert len(rows) >= 1 + 6 + 6 + 1, out
     assert "FAIL" not in out and "| ok |" in rows[0]
@@ -84,5 +84,5 @@ def test_gpu_suite_map_section_smoke():
 
 @pytest.mark.skipif(not triton_backend.AVAILABLE, reason="triton is not installed")
 def test_gpu_suite_kernel_section_smoke():
-    out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_kernels", env={"TRITON_INTERPRET": "1"})
+    out = run("bench/gpu/gpu_suite.py", "--smoke", "--only", "gpu_kernels", env={"TRITON_INTERPRET": "1"})
     assert "| gpu_kernels | resource summary | n/a | the interpreter compiles nothing |" in out, out

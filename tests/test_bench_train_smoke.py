@@ -13,14 +13,14 @@ from tests.test_bench_smoke import run, table_rows  # run: a subprocess from the
 def test_cpu_loss_benchmarks_table_and_memory(tmp_path):
     # Every case, each checking its loss against the reference first, timed (milliseconds at this size).
     report = tmp_path / "loss.json"
-    run("-m", "pytest", "bench/bench_loss.py", "bench/bench_rsc_step.py", "-q", "-p", "no:cacheprovider",
+    run("-m", "pytest", "bench/cpu/bench_loss.py", "bench/cpu/bench_rsc_step.py", "-q", "-p", "no:cacheprovider",
         f"--benchmark-json={report}", env={"DRCL_BENCH_SIZE": "tiny"})
     benchmarks = json.loads(report.read_text())["benchmarks"]
     cases = {(b["extra_info"]["impl"], b["group"].split()[0]) for b in benchmarks}
     step_impls = ("torch", "restructured-autograd", "restructured-python", "restructured")
     assert cases == {(impl, "loss") for impl in ("torch", "restructured")} | {(impl, "RSC") for impl in step_impls}
     assert len(benchmarks) == 2 * 2 + 2 * len(step_impls)   # two shapes each
-    table = run("bench/loss_table.py", str(report), "--memory")
+    table = run("bench/cpu/loss_table.py", str(report), "--memory")
     assert "| loss B=64 D=256 C=200 | restructured |" in table and "speed-up" in table
     check_speed_rows(benchmarks, table)
     check_memory_rows(table_rows(table, "64 | 256 |"))
@@ -71,12 +71,12 @@ LOSS_SLACK_MIB = 2
 
 
 def test_loss_grid_quick():
-    rows = [line for line in run("bench/loss_grid.py", "--quick").splitlines() if line.startswith("| ") and "x |" in line]
+    rows = [line for line in run("bench/cpu/loss_grid.py", "--quick").splitlines() if line.startswith("| ") and "x |" in line]
     assert len(rows) == 3 and all(("| reference |" in row) != ("| restructured |" in row) for row in rows)
 
 
 def test_gpu_suite_train_section_smoke(tmp_path):
-    out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_train", "--out", str(tmp_path),
+    out = run("bench/gpu/gpu_suite.py", "--smoke", "--only", "gpu_train", "--out", str(tmp_path),
               env={"TRITON_INTERPRET": "1"})
     rows = [line for line in out.splitlines() if line.startswith("| gpu_train |")]
     checks = [row for row in rows if "| check " in row]
@@ -90,7 +90,7 @@ def test_gpu_suite_train_section_smoke(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_gpu_suite_pipeline_section_smoke():
-    out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_pipeline", env={"TRITON_INTERPRET": "1"})
+    out = run("bench/gpu/gpu_suite.py", "--smoke", "--only", "gpu_pipeline", env={"TRITON_INTERPRET": "1"})
     rows = [line for line in out.splitlines() if line.startswith("| gpu_pipeline |")]
     # Off a GPU only fp32 runs: tf32 is a GPU format, and a CPU run refuses bf16 without the instructions
     # (the interpreter has no bf16 tl.dot either); on a GPU the section adds a row for tf32 and bf16.
@@ -104,13 +104,13 @@ def test_gpu_suite_pipeline_section_smoke():
 
 
 def test_gpu_suite_distributed_section_smoke():
-    out = run("bench/gpu_suite.py", "--smoke", "--only", "gpu_distributed", env={"TRITON_INTERPRET": "1"})
+    out = run("bench/gpu/gpu_suite.py", "--smoke", "--only", "gpu_distributed", env={"TRITON_INTERPRET": "1"})
     rows = [line for line in out.splitlines() if line.startswith("| gpu_distributed |")]
     assert len(rows) == 1 and "14 files equal byte for byte" in rows[0] and "FAIL" not in rows[0], out
 
 
 def test_lr_auto_bench_smoke():
-    out = run("bench/lr_auto.py", "--smoke")
+    out = run("bench/cpu/lr_auto.py", "--smoke")
     rows = [line for line in out.splitlines() if line.startswith("| mfeat |") or line.startswith("| synthetic")]
     assert len(rows) == 6, out
     assert sum("auto, val_loss" in row for row in rows) == 2 and sum("auto, val_map" in row for row in rows) == 2
@@ -118,7 +118,7 @@ def test_lr_auto_bench_smoke():
 
 @pytest.mark.parametrize("units", ["1", "auto"])
 def test_cpu_training_run_bench_smoke(units):
-    out = run("bench/train_cpu.py", "wiki-sized", "--epochs", "1", "--units", units, "--label", "smoke")
+    out = run("bench/cpu/train_cpu.py", "wiki-sized", "--epochs", "1", "--units", units, "--label", "smoke")
     line = out.strip().splitlines()[-1]
     assert line.startswith(f"smoke wiki-sized units={units}: ") and "MAP@all" in line and "matrix-product speed" in line
 
@@ -126,7 +126,7 @@ def test_cpu_training_run_bench_smoke(units):
 def test_cpu_training_run_bench_emulated_bf16_smoke():
     # The NUS-like case (empty label rows) as a bf16 run on any CPU: the emulation checked against torch's
     # own bf16 products first, then the run's products counted as intercepted.
-    out = run("bench/train_cpu.py", "nus-like", "--epochs", "1", "--emulate-bf16", "--label", "smoke")
+    out = run("bench/cpu/train_cpu.py", "nus-like", "--epochs", "1", "--emulate-bf16", "--label", "smoke")
     check, intercepted, line = out.strip().splitlines()[-3:]
     assert check.startswith("emulation check against torch's bf16 products") and check.endswith(": ok"), out
     assert intercepted.startswith("emulated bf16 products: ") and "aten.addmm.out" in intercepted, out
@@ -135,7 +135,7 @@ def test_cpu_training_run_bench_emulated_bf16_smoke():
 
 @pytest.mark.parametrize("phase", ["rsc", "spl"])
 def test_units_step_bench_smoke(phase):
-    out = run("bench/units_step.py", "--phase", phase, "--batch", "24", "--rows", "60", "--input", "7",
+    out = run("bench/cpu/units_step.py", "--phase", phase, "--batch", "24", "--rows", "60", "--input", "7",
               "--hidden", "32", "--output", "16", "--steps", "3", "--warmup", "1", "--rounds", "1")
     rows = [line.split() for line in out.splitlines() if line.endswith(" ms a step")]
     assert [row[0] for row in rows] == ["autograd", "python", "native"], out   # make test builds _step_cpp

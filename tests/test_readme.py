@@ -52,8 +52,8 @@ NOT_RUN = {
     "drcl-fast eval --files img.npz txt.pt": "img.npz and txt.pt stand for the reader's own files",
     "drcl-fast train --datasets coco --data_path coco.npz": "coco.npz stands for the reader's own container "
                                                             "(tests/training/test_learning_rates.py trains one)",
-    "bench/bench_loss.py": "a benchmark of minutes; tests/test_bench_train_smoke.py runs it at a tiny size",
-    "bench/loss_table.py": "reads the JSON the benchmark line writes; tests/test_bench_train_smoke.py runs it",
+    "bench/cpu/bench_loss.py": "a benchmark of minutes; tests/test_bench_train_smoke.py runs it at a tiny size",
+    "bench/cpu/loss_table.py": "reads the JSON the benchmark line writes; tests/test_bench_train_smoke.py runs it",
     "torchrun --nproc_per_node 4 -m drcl_fast train": "4 GPUs on the released xmedia data (torchrun over CPU "
                                                       "ranks: tests/training/test_distributed_training.py)",
     "torchrun --nnodes 2": "two machines",

@@ -401,7 +401,7 @@ def item_keys(scores: torch.Tensor, relevant: torch.Tensor, offset: int) -> torc
 
 def sort_rows(x: torch.Tensor) -> torch.Tensor:
     """Each row of `x` sorted ascending, in place on a CPU (values only: no order of equal items is kept)."""
-    if x.device.type == "cpu":  # numpy's vectorised sort is ~15x faster than torch.sort on this CPU
+    if x.device.type == "cpu":  # numpy's vectorised sort is many times faster than torch.sort (docs/history.md)
         x.numpy().sort(axis=1)
         return x
     return torch.sort(x, dim=1).values

@@ -77,7 +77,8 @@ def units_at_once(setting: int | str, units: int, device: torch.device) -> tuple
     """(units trained at once, intra-op threads each) for a phase of `units` units.
 
     `setting` "auto": on the CPU, as many units as there are intra-op threads (and units),
-    the threads shared out evenly; on a GPU, one (streams at once are not measured yet).
+    the threads shared out evenly; on a GPU, one, until streams at once are measured to pay off
+    there (docs/history.md, "Units at once on a GPU").
     A number N: N units at once, the CPU's threads shared out among them.
     """
     threads = torch.get_num_threads()

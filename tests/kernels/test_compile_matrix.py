@@ -140,10 +140,10 @@ def test_an_arch_this_triton_cannot_target_is_skipped_with_the_reason_unless_req
 
 
 def test_the_gpu_suite_reports_every_kernel_the_matrix_compiles():
-    """bench/gpu_kernels.py (the suite's resource summary on a card) walks the same kernels, once each."""
+    """bench/gpu/gpu_kernels.py (the suite's resource summary on a card) walks the same kernels, once each."""
     probe = ("import gpu_kernels; print(' '.join(name.split('.')[1] for name, _ in gpu_kernels._jit_functions()))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # jit gives JITFunctions
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "bench")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "bench" / "gpu")])
     names = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=300, check=True).stdout.split()
     assert set(KERNELS) <= set(names) and len(names) == len(set(names)), names

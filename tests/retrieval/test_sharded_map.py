@@ -468,7 +468,7 @@ def test_eval_cli_refuses_pr_curves_with_a_sharded_gallery(tmp_path, capsys):
 
 
 def test_bench_smoke_runs_and_every_row_equals_one_process():
-    done = subprocess.run([sys.executable, "bench/sharded_map.py", "--smoke"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "bench/cpu/sharded_map.py", "--smoke"], capture_output=True, text=True,
                           timeout=180, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "sharded" in line]

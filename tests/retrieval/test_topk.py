@@ -8,8 +8,6 @@ second: their cases stay tiny. faiss is the optional `faiss` extra.
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import numpy as np
@@ -23,7 +21,7 @@ from drcl_fast.retrieval.sharded import SCORE_ALIGN
 from drcl_fast.runtime import selfcheck
 
 from drcl_fast.retrieval import nearest as search
-from tests.support import REPO
+from tests.test_bench_smoke import run   # a script from the repository root, its exit status checked
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"  # where the Triton functions run (CPU: the interpreter)
@@ -322,16 +320,9 @@ def test_recall_at_k():
 
 # ---------------------------------------------------------------- the benchmarks, at tiny sizes
 
-def run_script(*args: str) -> str:
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
-
-
 def test_search_benchmark_smoke(tmp_path):
     out = tmp_path / "search.md"
-    text = run_script("bench/search.py", "--smoke", "--out", str(out))
+    text = run("bench/cpu/search.py", "--smoke", "--out", str(out), env={"TRITON_INTERPRET": "1"})
     table = out.read_text()
     assert table in text or table.strip() in text
     for row in ("| product q @ g.T |", "| torch.topk over the product |", "| topk cpp |", "| topk torch |"):
@@ -341,6 +332,6 @@ def test_search_benchmark_smoke(tmp_path):
 
 @needs_triton
 def test_gpu_suite_search_section_smoke():
-    out = run_script("bench/gpu_suite.py", "--smoke", "--only", "gpu_search")
+    out = run("bench/gpu/gpu_suite.py", "--smoke", "--only", "gpu_search", env={"TRITON_INTERPRET": "1"})
     rows = [line for line in out.splitlines() if line.startswith("| gpu_search |")]
     assert len(rows) >= 3 and "FAIL" not in out and "| ok |" in rows[0], out

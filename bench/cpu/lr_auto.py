@@ -1,7 +1,7 @@
 """`--lr auto` against hand-chosen rates: MAP@all and time, same seed, on two datasets.
 
-    OMP_NUM_THREADS=2 python bench/lr_auto.py            # the bundled data (demo preset) and synthetic multi-label
-    OMP_NUM_THREADS=2 python bench/lr_auto.py --smoke    # tiny sizes, seconds
+    OMP_NUM_THREADS=2 python bench/cpu/lr_auto.py            # the bundled data (demo preset) and synthetic multi-label
+    OMP_NUM_THREADS=2 python bench/cpu/lr_auto.py --smoke    # tiny sizes, seconds
 
 For each dataset: the hand-chosen rates (the mfeat preset's 1e-3 per view; for the
 synthetic data the released default list), then `--lr auto` with each criterion

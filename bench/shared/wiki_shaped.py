@@ -1,4 +1,5 @@
-"""Synthetic data of the Wikipedia benchmark's shape, for the pipeline benchmarks (GPU suite, CPU runs)."""
+"""Synthetic data of the Wikipedia benchmark's shape, for the whole-run benchmarks (bench/gpu/gpu_pipeline.py,
+bench/cpu/train_cpu.py)."""
 from __future__ import annotations
 
 import numpy as np

@@ -8,8 +8,8 @@ data, step after step; the line per step kind is each thread's median time a ste
 - `native`: that step as one C++ call, the GIL released (drcl_fast.training._step_cpp), what the
   trainer runs where the extension is built.
 
-    OMP_NUM_THREADS=2 python bench/units_step.py --phase rsc            # the demo's shapes
-    OMP_NUM_THREADS=2 python bench/units_step.py --phase spl --batch 1024 --rows 2173 --input 128
+    OMP_NUM_THREADS=2 python bench/cpu/units_step.py --phase rsc            # the demo's shapes
+    OMP_NUM_THREADS=2 python bench/cpu/units_step.py --phase spl --batch 1024 --rows 2173 --input 128
 
 docs/training.md has the figures.
 """
@@ -45,15 +45,17 @@ def make_step(kind: str, phase: str, a: argparse.Namespace, seed: int):
     if kind == "python":
         step.native_rsc = step.native_spl = lambda *args: None
     settings = rsc.RSCSettings(lr=1e-4, epochs=1, batch_size=a.batch, hidden_dim=a.hidden)
+    if phase == "rsc":
+        rsc_step = rsc.RSCStep(encoder, step, prior, pinv, settings, targets)
+        gradients = lambda rows: rsc_step(x[rows], targets[rows], torch.randperm(a.batch, generator=g), 0.5)
+    else:
+        spl_step = spl.SPLStep(encoder, step, trained_prior, "auto")
+        gradients = lambda rows: spl_step(x[rows], targets[rows], 0.5)
 
     def run() -> None:
         idx = torch.randperm(a.rows, generator=g)[:a.batch]
         optimizer.zero_grad(set_to_none=True)
-        if phase == "rsc":
-            rsc.batch_gradients(encoder, step, x[idx], targets[idx], torch.randperm(a.batch, generator=g), prior,
-                                pinv, 0.5, settings)
-        else:
-            spl.batch_gradients(encoder, step, x[idx], trained_prior, targets[idx], 0.5, "auto")
+        gradients(idx)
         optimizer.step()
     return run
 

@@ -16,8 +16,8 @@ One `trainer.fit` per call (no checkpoints), start-up excluded, evaluation inclu
 To compare with another version, run this file with PYTHONPATH pointing at that
 version's tree, alternating the two in one session (the machine's load drifts):
 
-    OMP_NUM_THREADS=2 python bench/train_cpu.py demo --units 1
-    OMP_NUM_THREADS=2 PYTHONPATH=/path/to/old/tree python bench/train_cpu.py demo --units default
+    OMP_NUM_THREADS=2 python bench/cpu/train_cpu.py demo --units 1
+    OMP_NUM_THREADS=2 PYTHONPATH=/path/to/old/tree python bench/cpu/train_cpu.py demo --units default
 
 `--precision bf16` runs the encoders' products in bf16 (drcl_fast.runtime.precision). Its speed needs a
 CPU that multiplies bf16 natively (AVX512-BF16 or AMX); on one without, the script refuses it.
@@ -27,8 +27,8 @@ float32 product of its bf16 operands (exact products, float32 sums) rounded to b
 bf16 GEMM with float32 accumulation gives up to summation order. Its times (and floor line) say
 nothing about bf16 speed. It first checks itself against torch's own bf16 product:
 
-    OMP_NUM_THREADS=2 python bench/train_cpu.py nus-like --units 1 --precision fp32
-    OMP_NUM_THREADS=2 python bench/train_cpu.py nus-like --emulate-bf16
+    OMP_NUM_THREADS=2 python bench/cpu/train_cpu.py nus-like --units 1 --precision fp32
+    OMP_NUM_THREADS=2 python bench/cpu/train_cpu.py nus-like --emulate-bf16
 """
 from __future__ import annotations
 
@@ -39,18 +39,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from drcl_fast.config import DRCLConfig  # noqa: E402
-from drcl_fast.data.container import MultiModalData, Split  # noqa: E402
-from drcl_fast.training import trainer  # noqa: E402
+import repo_root  # noqa: F401 - bench.shared
+from drcl_fast.config import DRCLConfig
+from drcl_fast.data.container import MultiModalData, Split
+from drcl_fast.training import trainer
 
 WIKI_SIZED = {"rows": (2173, 231, 462), "widths": (128, 10), "classes": 10}
 NUS_LIKE = {"rows": (2500, 250, 500), "widths": (256, 128, 64), "classes": 21, "extra_labels": 0.9,
@@ -93,7 +91,7 @@ def case_data(case: str):
     if case == "nus-like":
         return nus_like(**NUS_LIKE), DRCLConfig.preset("nus-like", hidden_shape=512, output_shape=256,
                                                        batch_size=256, epochs=30, lr=[1e-4] * 3)
-    from wiki_shaped import wiki_shaped
+    from bench.shared.wiki_shaped import wiki_shaped
     data = wiki_shaped(WIKI_SIZED["rows"], WIKI_SIZED["widths"], WIKI_SIZED["classes"])
     return data, DRCLConfig.preset("wiki", hidden_shape=1024, output_shape=512, batch_size=1024, epochs=100,
                                    lr=[1e-4, 1e-4])

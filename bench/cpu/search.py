@@ -1,7 +1,7 @@
 """Exact top-k search on the CPU: `topk` against the similarity product alone, torch.topk and faiss.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/search.py --out bench/results/search_cpu_<date>.md
-    .venv/bin/python bench/search.py --smoke          # tiny sizes, seconds (DRCL_BENCH_SIZE=tiny too)
+    OMP_NUM_THREADS=2 .venv/bin/python bench/cpu/search.py --out bench/results/search_cpu_<date>.md
+    .venv/bin/python bench/cpu/search.py --smoke          # tiny sizes, seconds (DRCL_BENCH_SIZE=tiny too)
 
 Q = 1,000 queries against N = 1,000,000 gallery items, D = 128, k = 10: random normal
 float32 rows. In one process, one warm-up call each, then alternated rounds (medians of
@@ -20,9 +20,8 @@ float32 rows. In one process, one warm-up call each, then alternated rounds (med
 Each method is first checked against the exact result, `topk(backend="torch")` on the
 first --torch-queries queries: topk cpp must give the same indices and score bits;
 torch.topk and faiss are reported as they compare. Memory: each method once more in a
-fresh process (bench/map_memory.py's method): the inputs loaded, then the kernel's
-resident-set high-water mark reset (/proc/self/clear_refs), one call, and VmHWM minus
-the resident set just before. Linux only.
+fresh process, as peak_memory.py measures it (the inputs loaded, then the kernel's
+resident-set high-water mark). Linux only.
 """
 from __future__ import annotations
 
@@ -31,9 +30,7 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +41,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+import peak_memory
 from drcl_fast.retrieval import topk
-from map_table import cpu_name
+from machine import cpu_name, load_average
 
 FULL = dict(queries=1_000, gallery=1_000_000, dim=128, k=10, chunk=250, torch_queries=100)
 TINY = dict(queries=40, gallery=3_000, dim=16, k=5, chunk=16, torch_queries=20)
@@ -167,21 +165,15 @@ def timings(x: Inputs, rounds: int, scale: float) -> tuple[dict[str, float], dic
     return medians, checks
 
 
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-
-
-def child(folder: str, name: str, size: dict) -> None:
+def child(folder: str, name: str, size: str) -> dict:
     """One method's peak memory beyond its inputs, in this fresh process."""
+    size = json.loads(size)
     x = inputs(np.load(Path(folder) / "q.npy"), np.load(Path(folder) / "g.npy"), size)
     timed, prepare = METHODS[name]
     small = inputs(x.q[:20].numpy(), x.g[:2000].numpy(), {**size, "k": min(size["k"], 20), "torch_queries": 20})
     timed(small)  # load libraries and code paths first
     prepare(x)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kib("VmRSS")
-    timed(x)
-    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
+    return {"peak_mib": peak_memory.added_peak(lambda: timed(x))[2]}
 
 
 def memory(q: np.ndarray, g: np.ndarray, size: dict) -> dict[str, float]:
@@ -190,9 +182,7 @@ def memory(q: np.ndarray, g: np.ndarray, size: dict) -> dict[str, float]:
         np.save(Path(folder) / "q.npy", q)
         np.save(Path(folder) / "g.npy", g)
         for name in methods():
-            out = subprocess.run([sys.executable, __file__, "--child", folder, name, json.dumps(size)],
-                                 capture_output=True, text=True, check=True)
-            peaks[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+            peaks[name] = peak_memory.in_child(__file__, folder, name, json.dumps(size))["peak_mib"]
     return peaks
 
 
@@ -205,15 +195,15 @@ def versions() -> str:
 
 
 def render(size: dict, medians: dict[str, float], checks: dict[str, str], peaks: dict[str, float],
-           rounds: int, load: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
+           rounds: int, load: tuple[str, str]) -> str:
     inputs_mib = (size["queries"] + size["gallery"]) * size["dim"] * 4 / 2**20
     lines = [f"# Exact top-k search on the CPU (Q = {size['queries']:,}, N = {size['gallery']:,}, "
              f"D = {size['dim']}, k = {size['k']})", "",
              f"- date: {datetime.date.today().isoformat()}",
              f"- machine: {cpu_name()}, {os.cpu_count()} cores; "
              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} ({torch.get_num_threads()} torch threads)",
-             f"- load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load[0])}; "
-             f"after: {', '.join(f'{v:.2f}' for v in load[1])} (this run's own threads count in the second)",
+             f"- load average (1, 5, 15 min) before: {load[0]}; "
+             f"after: {load[1]} (this run's own threads count in the second)",
              f"- {versions()}",
              f"- medians of {rounds} alternated rounds after one warm-up call each; random normal float32 rows; "
              f"inputs {inputs_mib:.1f} MiB",
@@ -232,31 +222,31 @@ def render(size: dict, medians: dict[str, float], checks: dict[str, str], peaks:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (as DRCL_BENCH_SIZE=tiny)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--torch-queries", type=int, default=None, help="queries the torch backend is timed on")
     parser.add_argument("--out", default=None, help="markdown file to write the table to")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        folder, name, size = args.child
-        child(folder, name, json.loads(size))
-        return 0
+
+
+def run(args: argparse.Namespace) -> str:
+    """The table, also written to --out."""
     size = dict(TINY if args.smoke or os.environ.get("DRCL_BENCH_SIZE") == "tiny" else FULL)
     if args.torch_queries:
         size["torch_queries"] = args.torch_queries
-    load_before = os.getloadavg()
+    load_before = load_average()
     q, g = make_inputs(size)
     medians, checks = timings(inputs(q, g, size), args.rounds, size["queries"] / size["torch_queries"])
     peaks = memory(q, g, size)
-    text = render(size, medians, checks, peaks, args.rounds, (load_before, os.getloadavg()))
-    print(text)
+    text = render(size, medians, checks, peaks, args.rounds, (load_before, load_average()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
-    return 0
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    return peak_memory.main(argv, __doc__, options, child, run)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Timing, memory and step helpers shared by the GPU suite's sections (bench/gpu_map.py, gpu_train.py, gpu_search.py)."""
+"""Timing, memory and step helpers shared by the GPU suite's sections (gpu_map.py, gpu_train.py, gpu_search.py)."""
 from __future__ import annotations
 
 import statistics
@@ -30,7 +30,7 @@ def timed(fn: Callable[[], Any], device: str, repeats: int, warmup: bool = True)
 
 def peak_bytes(fn: Callable[[], Any], device: str) -> int | None:
     """Device memory one call allocates beyond what was allocated before it; None off CUDA (the CPU's
-    peaks are measured by bench/loss_memory.py and bench/map_memory.py)."""
+    peaks are measured by bench/cpu/loss_memory.py and bench/cpu/map_memory.py)."""
     if device != "cuda":
         return None
     torch.cuda.synchronize()

@@ -1,7 +1,7 @@
 """MAP evaluation on the CPU: the released algorithm, the reference and `cpp`, side by side.
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m pytest bench/bench_map.py --benchmark-json=bench/results/map_cpu.json
-    .venv/bin/python bench/map_table.py bench/results/map_cpu.json --memory > bench/results/map_cpu.md
+    OMP_NUM_THREADS=2 .venv/bin/python -m pytest bench/cpu/bench_map.py --benchmark-json=bench/results/map_cpu.json
+    .venv/bin/python bench/cpu/map_table.py bench/results/map_cpu.json --memory > bench/results/map_cpu.md
 
 Q = N = 5,000, D = 512, synthetic NUS-WIDE-like embeddings, single-label (10
 classes) and multi-label (21). `DRCL_BENCH_SIZE=tiny` runs the same cases at

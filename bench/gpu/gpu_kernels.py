@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 from typing import Any, Iterator
 
-from kernel_matrix import SPILL_BUDGET_BYTES
+from bench.kernel_matrix import SPILL_BUDGET_BYTES
 
 SECTION = "gpu_kernels"
 

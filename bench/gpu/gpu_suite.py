@@ -1,15 +1,17 @@
 """The GPU suite: correctness on the GPU first, then every fast path against its reference.
 
-    PYTHONPATH=. python bench/gpu_suite.py --out bench/results        # on a GPU, < 5 minutes
-    PYTHONPATH=. python bench/gpu_suite.py --smoke                    # tiny sizes, CPU + Triton interpreter
+    PYTHONPATH=. python bench/gpu/gpu_suite.py --out bench/results        # on a GPU, < 5 minutes
+    PYTHONPATH=. python bench/gpu/gpu_suite.py --smoke                    # tiny sizes, CPU + Triton interpreter
 
-Each section lives in its own module (bench/gpu_map.py: retrieval evaluation;
-bench/gpu_search.py: exact top-k search; bench/gpu_train.py: the fused training
-kernels; bench/gpu_pipeline.py: the whole Wikipedia-shaped run, reference trainer
-against the fast one; bench/gpu_distributed.py: a one-rank torchrun run against the
-plain one; bench/gpu_kernels.py: registers, spills and shared memory of every Triton
-kernel that ran, on this card) and exposes
-`run(suite: Suite) -> None`, which adds rows to the suite's one table. Without
+Each section lives in its own module of this folder (gpu_map.py: retrieval evaluation;
+gpu_search.py: exact top-k search; gpu_train.py: the fused training kernels;
+gpu_pipeline.py: the whole Wikipedia-shaped run, reference trainer against the fast one;
+gpu_distributed.py: a one-rank torchrun run against the plain one; gpu_kernels.py:
+registers, spills and shared memory of every Triton kernel that ran, on this card) and
+exposes `run(suite: Suite) -> None`, which adds rows to the suite's one table. The
+sections import one another by bare name (this folder is the script's, first on sys.path)
+and what they share with the CPU runs as bench.shared, from the repository root that
+PYTHONPATH=. puts on sys.path (a bare GPU machine needs it for drcl_fast too). Without
 a GPU, `--smoke` runs every section at tiny sizes under TRITON_INTERPRET=1 so
 the script cannot rot; the test suite runs it that way.
 """
@@ -65,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.smoke:
             parser.error("no CUDA device here: run with --smoke, or on a GPU")
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     suite = Suite(smoke=args.smoke, device="cuda" if torch.cuda.is_available() else "cpu")
     header = environment()
     print("\n".join(header))

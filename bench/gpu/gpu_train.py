@@ -1,6 +1,6 @@
 """GPU suite section: the fused training kernels against the reference, on the same card.
 
-Run by bench/gpu_suite.py (`--only gpu_train`), in this order:
+Run by bench/gpu/gpu_suite.py (`--only gpu_train`), in this order:
 1. correctness on the device: every Triton op against the float64 reference at
    shapes off the block sizes, forward and gradients, held to "twice PyTorch's own
    float32 error plus two float32 epsilons" (rows say ok or FAIL);
@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from bench_loss import forward_backward, loss_inputs
+from bench.shared.loss_case import forward_backward, loss_inputs
 from gpu_timing import peak_bytes, timed
 from drcl_fast import ops
 from drcl_fast.config import DRCLConfig, PRECISIONS

@@ -11,7 +11,7 @@ end and per phase, with the MAP@all of each run:
   stream each), and whether its embeddings equal those of the one-after-another run.
 
 The released code reports 132 s for this run on its authors' GPU. Run by
-bench/gpu_suite.py (`--only gpu_pipeline`); `--smoke` runs it at tiny sizes on the CPU
+bench/gpu/gpu_suite.py (`--only gpu_pipeline`); `--smoke` runs it at tiny sizes on the CPU
 under the Triton interpreter.
 """
 from __future__ import annotations
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from gpu_train import fast_dispatch, guarded
-from wiki_shaped import wiki_shaped
+from bench.shared.wiki_shaped import wiki_shaped
 from drcl_fast.config import DRCLConfig, PRECISIONS
+from drcl_fast.data.container import MultiModalData
 from drcl_fast.training.trainer import fit
 
 SECTION = "gpu_pipeline"

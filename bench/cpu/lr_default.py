@@ -1,8 +1,8 @@
 """Which RSC rate should data without published rates get? One rate for every modality against `--lr auto`.
 
-    OMP_NUM_THREADS=2 python bench/lr_default.py              # four data sets (minutes each on 2 cores)
-    OMP_NUM_THREADS=2 python bench/lr_default.py --only mfeat
-    OMP_NUM_THREADS=2 python bench/lr_default.py --smoke      # tiny sizes, seconds
+    OMP_NUM_THREADS=2 python bench/cpu/lr_default.py              # four data sets (minutes each on 2 cores)
+    OMP_NUM_THREADS=2 python bench/cpu/lr_default.py --only mfeat
+    OMP_NUM_THREADS=2 python bench/cpu/lr_default.py --smoke      # tiny sizes, seconds
 
 For each data set: one rate for every modality (1e-4 … 1e-2), the released default list
 where the data has at most five views (what such data trained with before), and `--lr
@@ -16,7 +16,7 @@ ones). The data sets:
   standardised (column scales from 1 to the thousands), at the same sizes. SPL diverges
   on it (J_L NaN on the morphological view at epoch 12 with the released --lr_SPL 5e-4),
   so its runs train RSC against the random orthogonal prior W0 (`--prior w0`);
-- synthml: bench/lr_auto.py's synthetic multi-label data (two views, 12 classes);
+- synthml: bench/cpu/lr_auto.py's synthetic multi-label data (two views, 12 classes);
 - wide: two wide non-negative views (4,096 and 300 columns, 10 classes): ReLU of a class
   centre plus noise, the centres about 5.7 noise standard deviations apart, the shape of
   CNN image and text features.
@@ -39,9 +39,7 @@ from drcl_fast.data.container import SPLITS, MultiModalData, Split
 from drcl_fast.data.mfeat import VIEWS
 from drcl_fast.errors import NonFiniteLossError
 from drcl_fast.training.trainer import fit, output_dim
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lr_auto import multilabel_views  # noqa: E402
+from lr_auto import multilabel_views
 
 RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 MFEAT_SIZES = dict(epochs=40, batch_size=140, output_shape=512, hidden_shape=1024)

@@ -1,45 +1,38 @@
 """Peak memory of one evaluation beyond its inputs, measured in a fresh process.
 
-    .venv/bin/python bench/map_memory.py                 # Q = N = 5,000, D = 512, every CPU backend
-    .venv/bin/python bench/map_memory.py --size 200      # quick
-    .venv/bin/python bench/map_memory.py --size 1000 --bounded 1   # the bounded case chunks at this size too
+    .venv/bin/python bench/cpu/map_memory.py                 # Q = N = 5,000, D = 512, every CPU backend
+    .venv/bin/python bench/cpu/map_memory.py --size 200      # quick
+    .venv/bin/python bench/cpu/map_memory.py --size 1000 --bounded 1   # the bounded case chunks at this size too
 
 How: the parent writes the inputs to .npy files; a child process loads them
-(np.load: no temporaries beyond the arrays), resets the kernel's resident-set
-high-water mark (/proc/self/clear_refs), evaluates once, and reports VmHWM minus
-the resident set just before: the most memory the evaluation added at any
-moment, whoever allocated it (torch, numpy, the C++ extension, BLAS). Linux only.
+(np.load: no temporaries beyond the arrays) and measures one evaluation as
+peak_memory.py says (the kernel's resident-set high-water mark). Linux only.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+import peak_memory
+
 # (backend, k, max_memory); BOUNDED stands for the --bounded budget.
 BOUNDED = "bounded"
 CASES = [("torch", None, None), ("cpp", None, None), ("cpp", 50, None), ("cpp", None, BOUNDED)]
 
 
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-
-
-def child(folder: str, backend: str, k: int | None, max_memory: int | None) -> None:
+def child(folder: str, backend: str, k: str, max_memory: str) -> dict:
     import torch
     from drcl_fast.retrieval import evaluate_map
     arrays = [torch.from_numpy(np.load(Path(folder) / f"{name}.npy")) for name in ("q", "yq", "g", "yg")]
     evaluate_map(*[a[:2] for a in arrays], backend=backend)  # load libraries and code paths first
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kib("VmRSS")
-    value = evaluate_map(*arrays, k=k, backend=backend, max_memory=max_memory)
-    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024, "map": value}))
+    value, _, peak = peak_memory.added_peak(lambda: evaluate_map(
+        *arrays, k=None if k == "None" else int(k), backend=backend,
+        max_memory=None if max_memory == "None" else int(max_memory)))
+    return {"peak_mib": peak, "map": value}
 
 
 def measure(size: int, dim: int = 512, bounded: int = 16 * 2**20) -> list[dict]:
@@ -56,9 +49,7 @@ def measure(size: int, dim: int = 512, bounded: int = 16 * 2**20) -> list[dict]:
                              for n in ("query", "gallery")) / 2**20
             for backend, k, max_memory in [c for c in CASES if c[0] != "cpp" or cpp.AVAILABLE]:
                 max_memory = bounded if max_memory == BOUNDED else max_memory
-                out = subprocess.run([sys.executable, __file__, "--child", folder, backend, str(k), str(max_memory)],
-                                     capture_output=True, text=True, check=True)
-                result = json.loads(out.stdout.strip().splitlines()[-1])
+                result = peak_memory.in_child(__file__, folder, backend, str(k), str(max_memory))
                 rows.append({"labels": labels, "backend": backend, "k": k, "max_memory": max_memory,
                              "size": size, "inputs_mib": inputs_mib, **result})
     return rows
@@ -74,19 +65,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=5_000)
     parser.add_argument("--bounded", type=float, default=16, metavar="MIB",
                         help="max_memory of the bounded case, MiB (default 16)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        folder, backend, k, max_memory = args.child
-        child(folder, backend, None if k == "None" else int(k), None if max_memory == "None" else int(max_memory))
-        return 0
-    print(table(measure(args.size, bounded=int(args.bounded * 2**20))))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return peak_memory.main(argv, __doc__, options, child,
+                            lambda args: table(measure(args.size, bounded=int(args.bounded * 2**20))))
 
 
 if __name__ == "__main__":

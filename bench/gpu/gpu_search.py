@@ -1,6 +1,6 @@
 """GPU suite section: exact top-k search, `topk(backend="triton")` against the reference on the same card.
 
-Run by bench/gpu_suite.py (`--only gpu_search`). First correctness on the device:
+Run by bench/gpu/gpu_suite.py (`--only gpu_search`). First correctness on the device:
 exact-tie inputs (every cosine exact in any summation order) through the fused kernel
 (k <= 128) and the sort path (k = 129, float64), which must give the reference's
 indices and scores; then real-valued rows, where the kernel's own dot products may

@@ -1,6 +1,6 @@
 """GPU suite section: MAP evaluation, the `triton` backend against the reference on the same card.
 
-Run by bench/gpu_suite.py (`--only gpu_map`). First correctness on the device
+Run by bench/gpu/gpu_suite.py (`--only gpu_map`). First correctness on the device
 (exact-tie inputs, every path, against the reference), then how often
 real-valued and fp16/bf16 inputs reorder items and what that does to MAP, then
 timings at NUS-WIDE and MS-COCO scale (D = 2048) against the reference and the
@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 import torch
 
+from bench.shared.ap_changes import compare
 from drcl_fast.data.synthetic import make_retrieval_set
 from drcl_fast.kernels import map_topk
 from drcl_fast.retrieval import reference
 from drcl_fast.retrieval import triton as triton_backend
 from gpu_timing import peak_bytes, run_steps, timed
-from map_precision import compare
 
 SECTION = "gpu_map"
 # (preset, dim, k) timed at full size; the smoke run shrinks them.

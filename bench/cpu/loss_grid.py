@@ -1,6 +1,6 @@
 """Where the restructured loss pays off on this CPU: a grid of shapes, each timed against the reference.
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/loss_grid.py > bench/results/loss_grid_cpu.md
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/cpu/loss_grid.py > bench/results/loss_grid_cpu.md
 
 Forward+backward of the reference and the restructured loss in alternation (medians),
 B in {64, 140, 256, 512, 1024}, D in {64, 256, 512, 2048}, C in {10, 80, 200} (C <= D),
@@ -10,15 +10,11 @@ rule that no longer fits the measurements shows. `--quick`: three shapes (the te
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_loss import forward_backward, loss_inputs  # noqa: E402
-from drcl_fast.ops.restructured import pays_off  # noqa: E402
+import repo_root  # noqa: F401 - bench.shared
+from bench.shared.loss_case import alternated_medians, forward_backward, loss_inputs
+from drcl_fast.ops.restructured import pays_off
 
 GRID = [(b, d, c) for b in (64, 140, 256, 512, 1024) for d in (64, 256, 512, 2048) for c in (10, 80, 200) if c <= d]
 QUICK = [(64, 64, 10), (140, 64, 10), (64, 64, 40)]
@@ -27,15 +23,10 @@ QUICK = [(64, 64, 10), (140, 64, 10), (64, 64, 40)]
 def speedup(b: int, d: int, c: int) -> tuple[float, float, float]:
     """(reference ms, restructured ms, their ratio), medians of calls in alternation."""
     inputs = loss_inputs(b, d, c)
-    times: dict[str, list[float]] = {"torch": [], "restructured": []}
-    for name in times:
-        forward_backward(name, *inputs)
-    for _ in range(30 if b * b * d < 1e8 else 8):
-        for name, runs in times.items():
-            start = time.perf_counter()
-            forward_backward(name, *inputs)
-            runs.append(time.perf_counter() - start)
-    ref, fast = (statistics.median(times[name]) for name in ("torch", "restructured"))
+    impls = ("torch", "restructured")
+    for impl in impls:
+        forward_backward(impl, *inputs)   # warm-up
+    ref, fast = alternated_medians(impls, inputs, 30 if b * b * d < 1e8 else 8).values()
     return ref * 1e3, fast * 1e3, ref / fast
 
 

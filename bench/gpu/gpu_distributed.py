@@ -16,7 +16,7 @@ from pathlib import Path
 from gpu_train import guarded
 
 SECTION = "gpu_distributed"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FULL = ["--epochs", "20", "--hidden_shape", "1024", "--output_shape", "512", "--batch_size", "140"]
 SMOKE = ["--epochs", "2", "--hidden_shape", "32", "--output_shape", "16", "--batch_size", "200"]
 

@@ -1,6 +1,6 @@
 """How often real-valued scores reorder items between backends and precisions, and what it does to MAP.
 
-    .venv/bin/python bench/map_precision.py [--size 5000]
+    .venv/bin/python bench/cpu/map_precision.py [--size 5000]
 
 On exactly representable inputs every backend ranks identically (the tests show
 it); on real-valued embeddings two computations of "the same" cosine can differ
@@ -8,7 +8,7 @@ in the last bits and swap near-ties. Compared here, per query's AP and overall
 MAP, on the synthetic NUS-WIDE-like sets (D = 512):
 - cpp against torch, both float32 (both rank torch.mm scores, in different chunks);
 - float64, float16 and bfloat16 embeddings against float32 (the reference).
-The GPU suite (bench/gpu_map.py) adds the fused Triton kernel against torch.mm.
+The GPU suite (bench/gpu/gpu_map.py) adds the fused Triton kernel against torch.mm.
 """
 from __future__ import annotations
 
@@ -17,19 +17,10 @@ import sys
 
 import torch
 
+import repo_root  # noqa: F401 - bench.shared
+from bench.shared.ap_changes import compare
 from drcl_fast.data.synthetic import make_retrieval_set
 from drcl_fast.retrieval import cpp, reference
-
-
-# Summing the same precisions in another order moves an AP by ~1e-15; a reordering by far more.
-REORDERED = 1e-12
-
-
-def compare(got: torch.Tensor, expected: torch.Tensor) -> str:
-    changed = (got - expected).nan_to_num().abs()
-    counted = ~torch.isnan(expected)
-    d_map = got[counted].mean().item() - expected[counted].mean().item()
-    return f"{(changed > REORDERED).float().mean().item():.2%} | {changed.max().item():.1e} | {d_map:+.1e}"
 
 
 def main(argv: list[str] | None = None) -> int:

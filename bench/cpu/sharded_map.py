@@ -1,25 +1,22 @@
 """Sharded MAP@all under torchrun against one process: wall time, peak memory per rank, bytes moved.
 
-    .venv/bin/python bench/sharded_map.py            # Q = 2,000, N = 200,000, D = 128, 10 classes, 2 ranks
-    .venv/bin/python bench/sharded_map.py --smoke    # tiny, seconds (the test suite runs it)
+    .venv/bin/python bench/cpu/sharded_map.py            # Q = 2,000, N = 200,000, D = 128, 10 classes, 2 ranks
+    .venv/bin/python bench/cpu/sharded_map.py --smoke    # tiny, seconds (the test suite runs it)
 
 Random float32 embeddings (normal), single-label class ids. The parent writes them to
 .npy files; every run is a fresh process (a child for one process, torchrun's workers
 for the sharded runs) that loads what it holds (with --shard_gallery only its gallery
 slice, through a memory map), evaluates once to load code paths, then measures one
 evaluation: wall time (the slowest rank, from a barrier), peak resident memory the
-evaluation added (the kernel's high-water mark after /proc/self/clear_refs, minus the
-resident set just before) and the process's peak (VmHWM, inputs and libraries included),
-and the payload of every collective (what this rank hands in, and what it receives from
-the others). Linux only. Each row checks its MAP against the one-process value with ==.
+evaluation added (peak_memory.py: the kernel's high-water mark) and the process's peak
+(VmHWM, inputs and libraries included), and the payload of every collective (what this
+rank hands in, and what it receives from the others). Linux only. Each row checks its MAP against the one-process value with ==.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,11 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+import peak_memory
+import repo_root  # noqa: F401 - tests.support
 
 
 def _load(folder: Path, part: slice | None = None) -> list[np.ndarray]:
@@ -43,22 +37,16 @@ def _load(folder: Path, part: slice | None = None) -> list[np.ndarray]:
 
 
 def _measure(evaluate) -> dict:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-    before = _status_kib("VmRSS")
-    start = time.perf_counter()
-    value = evaluate()
-    seconds = time.perf_counter() - start
-    return {"map": value, "seconds": seconds, "added_mib": (_status_kib("VmHWM") - before) / 1024,
-            "peak_mib": _status_kib("VmHWM") / 1024}
+    value, seconds, added = peak_memory.added_peak(evaluate)
+    return {"map": value, "seconds": seconds, "added_mib": added, "peak_mib": peak_memory.status_kib("VmHWM") / 1024}
 
 
-def single(folder: str) -> None:
+def single(folder: str) -> dict:
     import torch
     from drcl_fast.retrieval import evaluate_map
     q, yq, g, yg = _load(Path(folder))
     evaluate_map(q[:20], yq[:20], g[:50], yg[:50])  # load libraries and code paths first
-    result = _measure(lambda: evaluate_map(q, yq, g, yg))
-    print(json.dumps({**result, "threads": torch.get_num_threads()}))
+    return {**_measure(lambda: evaluate_map(q, yq, g, yg)), "threads": torch.get_num_threads()}
 
 
 class _Payload:
@@ -120,8 +108,7 @@ def rank_worker(folder: str, mode: str, out: str) -> None:
 
 
 def measure(queries: int, gallery: int, dim: int, classes: int, nproc: int, smoke: bool = False) -> list[dict]:
-    sys.path.insert(0, str(REPO))
-    from tests.support import run_torchrun
+    from tests.support import run_torchrun   # here: the children need neither it nor pytest
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,9 +119,7 @@ def measure(queries: int, gallery: int, dim: int, classes: int, nproc: int, smok
                             ("yg", rng.integers(0, classes, gallery))):
             np.save(folder / f"{name}.npy", array)
         for threads in (nproc,) if smoke else (nproc, 1):
-            done = subprocess.run([sys.executable, __file__, "--single", tmp], capture_output=True, text=True,
-                                  check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result = peak_memory.in_child(__file__, tmp, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
             rows.append({"run": "one process", "ranks": 1, **result, "sent": 0, "received": 0, "collectives": 0,
                          "in_collectives": 0.0})
         for mode in ("queries", "gallery"):
@@ -175,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--single", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rank-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.single:
-        single(args.single)
+    if args.child:
+        print(json.dumps(single(args.child)))
         return 0
     if args.rank_worker:
         rank_worker(*args.rank_worker)

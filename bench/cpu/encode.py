@@ -1,7 +1,7 @@
 """Serving on the CPU: load a model folder, encode 100,000 new items, against the encoder's matrix floor.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/encode.py --out bench/results/encode_cpu_<date>.md
-    DRCL_BENCH_SIZE=tiny .venv/bin/python bench/encode.py        # or --size tiny: seconds, for the tests
+    OMP_NUM_THREADS=2 .venv/bin/python bench/cpu/encode.py --out bench/results/encode_cpu_<date>.md
+    DRCL_BENCH_SIZE=tiny .venv/bin/python bench/cpu/encode.py        # or --size tiny: seconds, for the tests
 
 A model of d = 4,096, H = 4,096, D = 2,048 (seeded weights, a random 2,048 x 10 prior, no
 standardisation) is saved to a temporary folder; then `load_model` of that folder and
@@ -33,6 +33,7 @@ from drcl_fast.runtime.floor import matrix_rate
 from drcl_fast.serving import load_model
 from drcl_fast.serving.model_folder import ModalityEntry, model_of_run
 from drcl_fast.training.modality import ENCODE_CHUNK
+from machine import cpu_name, load_average
 
 
 @dataclass(frozen=True)
@@ -105,29 +106,14 @@ def measure(size: Size, repeats: int = REPEATS) -> Result:
     return Result(size, load_seconds, encode_seconds, max(before, after), weights_bytes)
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, with its logical core count."""
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.processor() or 'unknown CPU'} ({os.cpu_count()} logical cores)"
-
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
-
-
 def table(result: Result, load_before: str, load_after: str) -> str:
     """The result as markdown: the setting, then one row per timed operation."""
     s = result.size
     encode = result.encode_median
     header = [
-        f"# Load a model and encode {s.rows:,} items on the CPU (bench/encode.py)",
+        f"# Load a model and encode {s.rows:,} items on the CPU (bench/cpu/encode.py)",
         "",
-        f"- machine: {cpu_model()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
+        f"- machine: {cpu_name()} ({os.cpu_count()} logical cores); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
         f"(torch threads {torch.get_num_threads()}); load average (1, 5, 15 min) {load_before} before, "
         f"{load_after} after",
         f"- versions: drcl_fast {drcl_fast.__version__}, torch {torch.__version__}, numpy {np.__version__}, "

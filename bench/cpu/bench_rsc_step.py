@@ -5,7 +5,7 @@ the step through autograd; `restructured-python` the closed-form step in Python
 (drcl_fast/training/encoder_step.py); `restructured` the step the trainer runs on the CPU (that step as
 one C++ call where drcl_fast.training._step_cpp is built, the same bits).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python -m pytest bench/bench_loss.py bench/bench_rsc_step.py \
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python -m pytest bench/cpu/bench_loss.py bench/cpu/bench_rsc_step.py \
         --benchmark-json=bench/results/loss_cpu.json           # with the loss cases: one table (bench_loss.py)
 
 Two shapes: the `make demo` preset (B = 140, d_in = 240, H = 1,024, D = 512, C = 10),
@@ -24,7 +24,7 @@ from drcl_fast import ops
 from drcl_fast.model import seeded_encoder
 from drcl_fast.training.encoder_step import step_for
 from drcl_fast.training.optim import adam
-from drcl_fast.training.rsc import RSCSettings, batch_gradients
+from drcl_fast.training.rsc import RSCSettings, RSCStep
 from drcl_fast.training.spl import initial_prior
 
 TINY = os.environ.get("DRCL_BENCH_SIZE") == "tiny"
@@ -47,10 +47,11 @@ def make_step(impl: str, b: int, d_in: int, h: int, d: int, c: int):
     closed_form = None if variant == "autograd" else step_for(encoder, backend, torch.device("cpu"))
     if variant == "python":
         closed_form.native_rsc = lambda *args: None
+    gradients = RSCStep(encoder, closed_form, prior, pinv, settings, targets)
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = batch_gradients(encoder, closed_form, x, targets, perm, prior, pinv, 0.5, settings)[0]
+        loss = gradients(x, targets, perm, 0.5)[0]
         optimizer.step()
         return loss.item()
     return step
