@@ -69,9 +69,13 @@ def test_memory_probe_is_bounded_and_ordered():
             assert math.isfinite(peak_mib) and 0 <= peak_mib <= design_budget_mib(
                 backend, max_memory, int(size), float(inputs_mib)), (labels, backend, k, max_memory, peak)
             peaks[labels, backend, k, max_memory] = peak_mib
-        if cpp.AVAILABLE:  # the reference's matrices > cpp's one score chunk > a smaller chunk
-            assert (peaks[labels, "torch", "all", "default"] > peaks[labels, "cpp", "all", "default"]
-                    > peaks[labels, "cpp", "all", "1 MiB"]), peaks
+        if cpp.AVAILABLE:  # the reference's matrices > cpp's one score chunk
+            assert peaks[labels, "torch", "all", "default"] > peaks[labels, "cpp", "all", "default"], peaks
+    # > a smaller chunk, where the chunk is what the peak holds beyond the inputs: single-label. The
+    # multi-label peak is not the score chunk's (1 MiB chunks read within 0.2-2 MiB of the default's, on
+    # either side of it, at Q = N = 1,000 and 2,000), so its order there is noise.
+    if cpp.AVAILABLE:
+        assert peaks["single10", "cpp", "all", "default"] > peaks["single10", "cpp", "all", "1 MiB"], peaks
 
 
 @pytest.mark.skipif(not triton_backend.AVAILABLE, reason="triton is not installed")

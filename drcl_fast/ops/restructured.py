@@ -57,7 +57,7 @@ def pays_off(b: int, d: int, c: int) -> bool:
 
     It saves about 4.25 B^2 D multiply-adds and the reference's passes over B x B matrices,
     and adds C-space work (about B C^2) and a fixed cost per call: B (D + 512) >= 6 C^2 + 10^7 / B,
-    fitted to a grid of forward+backward timings (bench/loss_grid.py; docs/kernels.md).
+    fitted to a grid of forward+backward timings (bench/cpu/loss_grid.py; docs/kernels.md).
     """
     return b * (d + 512) >= 6 * c * c + 1e7 / b
 
