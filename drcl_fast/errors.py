@@ -39,6 +39,10 @@ class ModelError(DRCLError, ValueError):
     """A saved model or gallery index is missing, damaged, of a newer format, or belongs to another model."""
 
 
+class KernelInputError(DRCLError, ValueError):
+    """A Triton launcher in ``drcl_fast.kernels`` was given a tensor of the wrong shape, dtype, device or layout."""
+
+
 class NonFiniteLossError(DRCLError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 

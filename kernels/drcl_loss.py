@@ -21,10 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
+from drcl_fast.kernels.boundary import CONTIGUOUS, ROWS, Args
 from drcl_fast.kernels.fused_loss import loss_terms, prepare
 from drcl_fast.kernels.gce import gce_forward
 from drcl_fast.kernels.matmul import INTERPRET, mma
-from drcl_fast.kernels.precision import dot_precision
+from drcl_fast.kernels.offsets import index, wide
+from drcl_fast.kernels.precision import dot_args
 from drcl_fast.kernels.rounding import div_rn
 
 COS_EPS = 1e-6   # reference.COS_EPS; kernels import nothing from the layers above them
@@ -47,15 +49,16 @@ INTERPRET_PAIR_CONFIG = (128, 128, 32, None)   # the interpreter pays per progra
 @triton.jit
 def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_ptr, dnf_ptr, dp_ptr,
                  B, D, C, s_f, s_c, scale: tl.float64, eps: tl.float64, GRAD: tl.constexpr, PRECISION: tl.constexpr,
-                 ACC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+                 ACC: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_C: tl.constexpr):
     pid_i = tl.program_id(0)
     pid_j = tl.program_id(1)
     # float64 parameters (Python floats under the interpreter), rounded once to the kernel's type
     scale = tl.full((), scale, ACC)
     eps = tl.full((), eps, ACC)
     if pid_j >= pid_i:
-        ri = pid_i * BLOCK + tl.arange(0, BLOCK)
-        rj = pid_j * BLOCK + tl.arange(0, BLOCK)
+        ri = index(pid_i * BLOCK + tl.arange(0, BLOCK), WIDE)   # int64 where F~ or the tile sums need it
+        rj = index(pid_j * BLOCK + tl.arange(0, BLOCK), WIDE)
         i_ok = ri < B
         j_ok = rj < B
         nf_i = tl.load(nf_ptr + ri, mask=i_ok, other=0.0)
@@ -65,7 +68,7 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
         valid = i_ok[:, None] & j_ok[None, :]
         mirrored = pid_i != pid_j
         weight = tl.where(mirrored, 2.0, 1.0)
-        tile = (pid_i * tl.num_programs(1) + pid_j) * 2
+        tile = (index(pid_i, WIDE) * tl.num_programs(1) + pid_j) * 2
         # Two phases, within then cross, each with its own tiles: the registers hold one
         # phase's BLOCK x BLOCK tiles at a time (both at once spill).
 
@@ -156,9 +159,9 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
 
 @triton.jit
 def _mse_kernel(f_ptr, y_ptr, l_ptr, grad_ptr, partial_ptr, B, D, C, s_f, s_y, s_l, grad_scale: tl.float64,
-                GRAD: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                GRAD: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = index(tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B), WIDE)   # int64 where F~ needs it
     rd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     r_ok = rows < B
     d_ok = rd < D
@@ -178,11 +181,6 @@ def _mse_kernel(f_ptr, y_ptr, l_ptr, grad_ptr, partial_ptr, B, D, C, s_f, s_y, s
         tl.store(grad_ptr + offsets, tl.full((), grad_scale, ACC) * diff, mask=mask)
 
 
-def _kinds(t: torch.Tensor) -> dict:
-    wide = t.dtype == torch.float64
-    return {"PRECISION": dot_precision(wide), "ACC": tl.float64 if wide else tl.float32}
-
-
 def pair_config(features: torch.Tensor, precision: str) -> tuple[int, int, int, int | None]:
     """The ``PAIR_CONFIGS`` entry for a launch on `features`' GPU at dot `precision`."""
     if INTERPRET:
@@ -195,9 +193,20 @@ def pair_config(features: torch.Tensor, precision: str) -> tuple[int, int, int, 
 
 def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """B^2 J_D, and AF, dnf, dP for :func:`assemble_feature_grad` (zeros without `need_grad`)."""
+    """B^2 J_D, and AF, dnf, dP for :func:`assemble_feature_grad` (zeros without `need_grad`).
+
+    `features` (B x D), `targets` and the C-space pieces `cs` (``fused_loss.prepare``) contiguous, of one
+    dtype and device: the kernel reads every B x C tensor with the targets' row stride.
+    """
+    args = Args("pair_terms")
+    args.tensor("features", features, "B D", layout=CONTIGUOUS)
+    args.tensor("targets", targets, "B C", "features", layout=CONTIGUOUS)
+    for name in ("nf", "nr"):
+        args.tensor(f"cs.{name}", getattr(cs, name), "B", "features", layout=ROWS)
+    for name in ("p", "yk"):
+        args.tensor(f"cs.{name}", getattr(cs, name), "B C", "features", layout=CONTIGUOUS)
     (b, d), c = features.shape, targets.shape[1]
-    kinds = _kinds(features)
+    kinds = dot_args(features.dtype)
     block, block_d, block_c, warps = pair_config(features, kinds["PRECISION"])
     extra = {} if warps is None else {"num_warps": warps}
     blocks = triton.cdiv(b, block)
@@ -206,13 +215,21 @@ def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: boo
     _pair_kernel[(blocks, blocks)](
         features, targets, cs.p, cs.yk, cs.nf, cs.nr, partial, af, dnf, dp, b, d, c,
         features.stride(0), targets.stride(0), 1.0 / b ** 2, COS_EPS, GRAD=need_grad,
-        BLOCK=block, BLOCK_D=block_d, BLOCK_C=block_c, **kinds, **extra)
+        WIDE=wide(features, targets, partial), BLOCK=block, BLOCK_D=block_d, BLOCK_C=block_c, **kinds, **extra)
     return partial.sum(), af, dnf, dp
 
 
 def mse(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor, need_grad: bool = True
         ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """J_MSE = mean (f~ - y~ L)^2 and its gradient, the recast rows formed in registers only."""
+    """J_MSE = mean (f~ - y~ L)^2 and its gradient, the recast rows formed in registers only.
+
+    `features` (B x D) contiguous (its gradient is made like it and read with its row stride); `targets`
+    (B x C) and `pinv` (C x D) with unit stride along their rows; one dtype and device.
+    """
+    args = Args("mse")
+    args.tensor("features", features, "B D", layout=CONTIGUOUS)
+    args.tensor("targets", targets, "B C", "features", layout=ROWS)
+    args.tensor("pinv", pinv, "C D", "features", layout=ROWS)
     (b, d), c = features.shape, targets.shape[1]
     block_b = 32
     grid = (triton.cdiv(b, block_b), triton.cdiv(d, BLOCK_D))
@@ -220,7 +237,8 @@ def mse(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor, need_
     grad = torch.empty_like(features) if need_grad else partial
     _mse_kernel[grid](features, targets, pinv, grad, partial, b, d, c,
                       features.stride(0), targets.stride(0), pinv.stride(0), 2.0 / (b * d),
-                      GRAD=need_grad, BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, **_kinds(features))
+                      GRAD=need_grad, WIDE=wide(features, targets), BLOCK_B=block_b, BLOCK_D=BLOCK_D,
+                      BLOCK_C=BLOCK_C, **dot_args(features.dtype))
     return partial.sum() / (b * d), (grad if need_grad else None)
 
 
@@ -228,8 +246,16 @@ def assemble_feature_grad(features: torch.Tensor, pinv: torch.Tensor, nf: torch.
                           af: torch.Tensor, dnf: torch.Tensor, dp: torch.Tensor) -> torch.Tensor:
     """dJ_D/dF~ = AF + (dnf / |f~|) f~ + dP L, written into `af`'s storage.
 
-    A zero row has no direction: its norm's gradient is taken as 0, as torch's norm does.
+    A zero row has no direction: its norm's gradient is taken as 0, as torch's norm does. `features`,
+    `af` (B x D), `pinv` (C x D), `nf`, `dnf` (B) and `dp` (B x C): one dtype and device.
     """
+    args = Args("assemble_feature_grad")
+    args.tensor("features", features, "B D")
+    args.tensor("pinv", pinv, "C D", "features")
+    args.tensor("nf", nf, "B", "features")
+    args.tensor("af", af, "B D", "features")
+    args.tensor("dnf", dnf, "B", "features")
+    args.tensor("dp", dp, "B C", "features")
     scale = torch.where(nf > 0, dnf / nf.clamp_min(torch.finfo(nf.dtype).tiny), torch.zeros_like(nf))
     af.addcmul_(features, scale[:, None])
     return af.addmm_(dp, pinv)
@@ -255,5 +281,14 @@ ENGINE = TritonEngine()
 
 def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
                     pinv: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(J_L, J_D, J_MSE), as ``reference.drcl_loss_terms``; gradients reach features and logits."""
+    """(J_L, J_D, J_MSE), as ``reference.drcl_loss_terms``; gradients reach features and logits.
+
+    `features` (B x D), `targets`, `logits` (B x C) and `pinv` (C x D): float32 or float64, one dtype and
+    device, any strides.
+    """
+    args = Args("drcl_loss_terms")
+    args.tensor("features", features, "B D")
+    args.tensor("targets", targets, "B C", "features")
+    args.tensor("logits", logits, "B C", "features")
+    args.tensor("pinv", pinv, "C D", "features")
     return loss_terms(ENGINE, features, targets, logits, pinv, q)

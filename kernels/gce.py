@@ -12,13 +12,17 @@ import torch
 import triton
 import triton.language as tl
 
+from drcl_fast.kernels.boundary import Args
+from drcl_fast.kernels.offsets import index, wide
+
 MAX_CLASSES = 16384   # one row of classes in one program's registers
 
 
 @triton.jit
 def _gce_kernel(logits_ptr, targets_ptr, loss_ptr, grad_ptr, B, C, s_p, s_t, s_g, q: tl.float64,
-                inv_b: tl.float64, Q_ZERO: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+                inv_b: tl.float64, Q_ZERO: tl.constexpr, WIDE: tl.constexpr, BLOCK_B: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+    rows = index(tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B), WIDE)   # int64 where B x C needs it
     rc = tl.arange(0, BLOCK_C)
     r_ok = rows < B
     c_ok = rc < C
@@ -49,18 +53,26 @@ def _gce_kernel(logits_ptr, targets_ptr, loss_ptr, grad_ptr, B, C, s_p, s_t, s_g
 
 
 def gce_forward(logits: torch.Tensor, targets: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(GCE, dGCE/dlogits)."""
-    logits, targets = logits.contiguous(), targets.contiguous()
+    """(GCE, dGCE/dlogits).
+
+    `logits` and `targets` (B x C, C <= MAX_CLASSES) float32 or float64 on one device, any strides; the
+    kernel computes in float64 whatever the two dtypes.
+    """
+    args = Args("gce_forward")
+    args.tensor("logits", logits, "B C")
+    args.tensor("targets", targets, "B C")
     b, c = logits.shape
     if c > MAX_CLASSES:
-        raise ValueError(f"the Triton GCE holds a row of classes in registers: C = {c} > {MAX_CLASSES}")
+        raise args.fail(f"logits has C = {c} classes, more than the {MAX_CLASSES} a program holds in registers; "
+                        f"use the reference GCE (backend='torch')")
+    logits, targets = logits.contiguous(), targets.contiguous()
     block_c = triton.next_power_of_2(c)
     block_b = max(1, min(64, 4096 // block_c))
     loss = torch.empty(b, device=logits.device, dtype=logits.dtype)
     grad = torch.empty_like(logits)
     _gce_kernel[(triton.cdiv(b, block_b),)](
         logits, targets, loss, grad, b, c, logits.stride(0), targets.stride(0), grad.stride(0),
-        float(q), 1.0 / b, Q_ZERO=q == 0, BLOCK_B=block_b, BLOCK_C=block_c,
+        float(q), 1.0 / b, Q_ZERO=q == 0, WIDE=wide(logits, targets), BLOCK_B=block_b, BLOCK_C=block_c,
         num_warps=min(16, max(4, block_c // 1024)))   # float64 rows: 4 warps spill 2.8 KB at C = 16,384
     return loss.mean(), grad
 

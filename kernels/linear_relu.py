@@ -7,9 +7,9 @@ ReLU's mask is applied as the gradient is loaded by each GEMM (``gate``), so
 
 ``impl="vendor"`` runs the same layer on cuBLAS instead: the forward through
 ``torch._addmm_activation`` (cuBLASLt's bias+ReLU epilogue), the backward as plain
-GEMMs on a masked gradient. The GPU suite (bench/gpu_train.py) times both in the
-whole RSC step; ``DEFAULT_IMPL`` is the Triton GEMM until a GPU run shows the
-vendor one faster (none has run yet: docs/kernels.md).
+GEMMs on a masked gradient. The GPU suite (bench/gpu/gpu_train.py) times both in the
+whole RSC step; ``DEFAULT_IMPL`` stays the Triton GEMM unless a GPU run shows the
+vendor one faster (docs/kernels.md).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Iterator
 
 import torch
 
+from drcl_fast.kernels.boundary import ROWS, Args
 from drcl_fast.kernels.matmul import matmul
 from drcl_fast.kernels.precision import get_precision
 
@@ -42,7 +43,18 @@ def _vendor_operands(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.to(torch.bfloat16) if low else t for t in tensors]
 
 
+def _check_layer(launcher: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """x (B x d_in), weight (H x d_in), bias (H, unit stride: the GEMM's epilogue reads it so): one float
+    dtype and device."""
+    args = Args(launcher)
+    args.tensor("x", x, "B d_in")
+    args.tensor("weight", weight, "H d_in", "x")
+    args.tensor("bias", bias, "H", "x", layout=ROWS)
+
+
 def linear_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
+    """``relu(x W^T + b)`` by `impl`."""
+    _check_layer("linear_relu_forward", x, weight, bias)
     if impl == "triton":
         return matmul(x, weight.t(), bias=bias, relu=True)
     with _vendor_precision():
@@ -52,8 +64,17 @@ def linear_relu_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 def linear_relu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
                          impl: str, need_dx: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(dx or None, dW, db) of ``relu(x W^T + b)``, whose output was `out`."""
-    grad = grad.contiguous()   # the gate must share the gradient's strides
+    """(dx or None, dW, db) of ``relu(x W^T + b)``, whose output was `out`.
+
+    `grad` (B x H), `x` (B x d_in), `weight` (H x d_in): one float dtype; `out` (B x H), read as a mask,
+    any; one device, any strides.
+    """
+    args = Args("linear_relu_backward")
+    args.tensor("grad", grad, "B H")
+    args.tensor("x", x, "B d_in", "grad")
+    args.tensor("weight", weight, "H d_in", "grad")
+    args.tensor("out", out, "B H", None)
+    grad, out = grad.contiguous(), out.contiguous()   # the gate (out) must share the gradient's strides
     if impl == "triton":
         dx = matmul(grad, weight, gate=out) if need_dx else None
         dw = matmul(grad.t(), x, gate=out.t())
@@ -91,4 +112,5 @@ def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl:
     impl = DEFAULT_IMPL if impl is None else impl
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    _check_layer("linear_relu", x, weight, bias)
     return LinearReLU.apply(x, weight, bias, impl)

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from drcl_fast.kernels.boundary import INDICES, ROWS, Args
+
 _BLOCK = 1024
 
 
@@ -52,6 +54,17 @@ def _walk_kernel(order_ptr, stride_order, query_ptr, gallery_ptr, slot_ptr, out_
         tl.store(out_ptr + qi, ap)
 
 
+def _check_walk(launcher: str, order: torch.Tensor, query_labels: torch.Tensor,
+                gallery_labels: torch.Tensor) -> Args:
+    """order (Q x top) int64 with unit stride along its rows (the kernel takes its row stride only); labels
+    int64, class codes (Q), (N) or bitmasks (Q x W), (N x W); one device."""
+    args = Args(launcher)
+    args.tensor("order", order, "Q top", (torch.int64,), layout=ROWS)
+    args.tensor("query_labels", query_labels, ("Q", "Q W"), (torch.int64,))
+    args.tensor("gallery_labels", gallery_labels, "N W" if query_labels.dim() == 2 else "N", "query_labels")
+    return args
+
+
 def _walk(order: torch.Tensor, query_labels: torch.Tensor, gallery_labels: torch.Tensor,
           out: torch.Tensor, slots: torch.Tensor | None, skip_empty: bool) -> torch.Tensor:
     multilabel = query_labels.dim() == 2
@@ -71,6 +84,7 @@ def average_precisions(order: torch.Tensor, query_labels: torch.Tensor, gallery_
 
     Labels: int64 class codes (Q,), (N,) or int64 bitmasks (Q, W), (N, W). A query
     with nothing relevant in the walk gets NaN if `skip_empty`, else 0."""
+    _check_walk("average_precisions", order, query_labels, gallery_labels)
     out = torch.empty(order.shape[0], dtype=torch.float64, device=order.device)
     return _walk(order, query_labels, gallery_labels, out, None, skip_empty)
 
@@ -78,7 +92,9 @@ def average_precisions(order: torch.Tensor, query_labels: torch.Tensor, gallery_
 def hits_at(order: torch.Tensor, query_labels: torch.Tensor, gallery_labels: torch.Tensor,
             cutoffs: torch.Tensor) -> torch.Tensor:
     """(Q, len(cutoffs)) int64 relevant items among the first cutoffs[j] of `order`
-    (cutoffs strictly increasing, the last one equal to order.shape[1])."""
+    (cutoffs strictly increasing, the last one equal to order.shape[1]; on any device)."""
+    args = _check_walk("hits_at", order, query_labels, gallery_labels)
+    args.tensor("cutoffs", cutoffs, "cutoffs", INDICES, same_device=False)
     slots = torch.full((order.shape[1],), -1, dtype=torch.int32, device=order.device)
     slots[cutoffs.to(order.device) - 1] = torch.arange(len(cutoffs), dtype=torch.int32, device=order.device)
     out = torch.empty(order.shape[0], len(cutoffs), dtype=torch.int64, device=order.device)

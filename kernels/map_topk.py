@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from drcl_fast.kernels.boundary import Args
+
 _EMPTY = tl.constexpr(-2**63)  # below every real key
 _LOW = tl.constexpr(2**32 - 1)
 LARGEST_K = 128  # register budget of the merge; larger k takes the sort path
@@ -79,12 +81,15 @@ def _splits(num_q: int, num_g: int, kp: int, device: torch.device) -> int:
     return max(1, min(triton.cdiv(target, blocks), triton.cdiv(num_g, tiles * kp)))
 
 
-def _best_keys(query: torch.Tensor, gallery: torch.Tensor, top: int) -> torch.Tensor:
-    """(Q, top) int64 packed keys of each query's `top` best items, best first."""
+def _best_keys(launcher: str, query: torch.Tensor, gallery: torch.Tensor, top: int) -> torch.Tensor:
+    """(Q, top) int64 packed keys of each query's `top` best items, best first; errors name `launcher`."""
+    args = Args(launcher)
+    args.tensor("query", query, "Q D", (torch.float32,))
+    args.tensor("gallery", gallery, "N D", "query")
     num_q, dim = query.shape
     num_g = gallery.shape[0]
     if not 1 <= top <= min(LARGEST_K, num_g):
-        raise ValueError(f"top must be between 1 and min({LARGEST_K}, gallery size {num_g}), got {top}")
+        raise args.fail(f"top must be between 1 and min({LARGEST_K}, gallery size {num_g}), got {top}")
     query, gallery = query.contiguous(), gallery.contiguous()
     kp = max(16, triton.next_power_of_2(top))
     splits = _splits(num_q, num_g, kp, query.device)
@@ -114,7 +119,7 @@ def topk_indices(query: torch.Tensor, gallery: torch.Tensor, top: int) -> torch.
 
     `query` and `gallery` are float32 unit rows on one device; 1 <= top <= min(LARGEST_K, N).
     """
-    return _indices_of(_best_keys(query, gallery, top))
+    return _indices_of(_best_keys("topk_indices", query, gallery, top))
 
 
 def topk(query: torch.Tensor, gallery: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,5 +128,5 @@ def topk(query: torch.Tensor, gallery: torch.Tensor, top: int) -> tuple[torch.Te
 
     `query` and `gallery` are float32 unit rows on one device; 1 <= top <= min(LARGEST_K, N).
     """
-    keys = _best_keys(query, gallery, top)
+    keys = _best_keys("topk", query, gallery, top)
     return _scores_of(keys), _indices_of(keys)

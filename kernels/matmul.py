@@ -23,7 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from drcl_fast.kernels.precision import dot_precision
+from drcl_fast.kernels.boundary import ROWS, Args
+from drcl_fast.kernels.offsets import index, wide
+from drcl_fast.kernels.precision import dot_args
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -48,6 +50,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, sq_ptr, M, N, K,
                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, GATED: tl.constexpr, ROW_SQ: tl.constexpr,
                    PRECISION: tl.constexpr, ACC: tl.constexpr,
                    A_K_CONTIG: tl.constexpr, B_N_CONTIG: tl.constexpr,   # layout, for the autotune key only
+                   WIDE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped order: GROUP_M row blocks share each column block while it is in L2.
     pid = tl.program_id(0)
@@ -59,9 +62,9 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, sq_ptr, M, N, K,
     pid_m = first_m + (pid % in_group) % group_rows
     pid_n = (pid % in_group) // group_rows
 
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
+    rm = index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), WIDE)   # int64 where A, B or C needs it (offsets.py)
+    rn = index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), WIDE)
+    rk = index(tl.arange(0, BLOCK_K), WIDE)
     m_ok = rm < M
     n_ok = rn < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -159,7 +162,7 @@ def _device_limits(index: int) -> tuple[int, int]:
 def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """``early_config_prune``: keep the configurations of the operands' kind that fit the running device.
 
-    The device: the operands', else (CPU tensors compiled, not interpreted: bench/kernel_matrix.py's capture under a
+    The device: the operands', else (CPU tensors compiled, not interpreted: tools/kernel_matrix.py's capture under a
     fake device) the current CUDA device. Under the interpreter only the kind is chosen. Raises where none fits.
     """
     a = named_args["a_ptr"]
@@ -201,7 +204,8 @@ class _KeepRowSq:
             self.saved = None
 
 
-AUTOTUNE_KEY = ["M", "N", "K", "HAS_BIAS", "RELU", "GATED", "ROW_SQ", "PRECISION", "ACC", "A_K_CONTIG", "B_N_CONTIG"]
+AUTOTUNE_KEY = ["M", "N", "K", "HAS_BIAS", "RELU", "GATED", "ROW_SQ", "PRECISION", "ACC", "A_K_CONTIG", "B_N_CONTIG",
+                "WIDE"]
 
 
 def make_launcher(fn=None, configs: list[triton.Config] | None = None, do_bench=None):
@@ -233,11 +237,20 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None = None
     """``gate(a) @ b (+ bias) (ReLU)`` as a new contiguous tensor; ``row_sq`` (M) gains each row's sum of squares
     (what it held is kept: pass zeros for the sums alone).
 
-    ``gate``, when given, has a's shape and strides; a is read as 0 where gate <= 0.
+    ``gate``, when given, has a's shape and strides; a is read as 0 where gate <= 0. a, b, bias and row_sq
+    share one dtype, float32 or float64; every tensor one device. Anything else: ``KernelInputError``.
     """
+    args = Args("matmul")
+    args.tensor("a", a, "M K")
+    args.tensor("b", b, "K N", "a")
+    if bias is not None:
+        args.tensor("bias", bias, "N", "a", layout=ROWS)
+    if gate is not None:
+        args.tensor("gate", gate, "M K", None)
+        args.strides_like("gate", gate, "a", a)
+    if row_sq is not None:
+        args.tensor("row_sq", row_sq, "M", "a", layout=ROWS)
     (m, k), n = a.shape, b.shape[1]
-    if gate is not None and gate.stride() != a.stride():
-        raise ValueError("gate must have the strides of a")
     c = torch.empty((m, n), device=a.device, dtype=a.dtype)
     dummy = c   # stands in for absent optional pointers; never read
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
@@ -246,7 +259,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, bias: torch.Tensor | None = None
                       dummy if row_sq is None else row_sq, m, n, k,
                       a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
                       HAS_BIAS=bias is not None, RELU=relu, GATED=gate is not None, ROW_SQ=row_sq is not None,
-                      PRECISION=dot_precision(a.dtype == torch.float64),
-                      ACC=tl.float64 if a.dtype == torch.float64 else tl.float32,
-                      A_K_CONTIG=a.stride(1) == 1, B_N_CONTIG=b.stride(1) == 1, **_FIXED)
+                      **dot_args(a.dtype), A_K_CONTIG=a.stride(1) == 1, B_N_CONTIG=b.stride(1) == 1,
+                      WIDE=wide(a, b, c), **_FIXED)
     return c

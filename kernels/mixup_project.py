@@ -12,11 +12,11 @@ gradient added in registers), ``df_i = gamma u_i + (1 - gamma) u_pi^-1(i)`` and
 The normalised f is never stored: it is z times the inverse norm, recomputed in registers.
 W is the frozen prior: it gets no gradient.
 
-Any number of classes: they go in chunks of at most CHUNK_C. The forward runs one program per
-(row block, class chunk), each mixing its rows over D for its chunk's logits (the first chunk's
-programs also write f~; with one chunk this is the fused pass above); the backward sums
-``dlogits W^T`` over the chunks within each D chunk. Before, the prior's whole padded class tile
-sat in shared memory: float32 could not launch past C = 256, float64 past 128 (64 on an A100).
+Any number of classes: they go in chunks of at most CHUNK_C, so a program's share of the prior
+in shared memory does not grow with C (a whole padded class tile does not fit past a few hundred
+classes). The forward runs one program per (row block, class chunk), each mixing its rows over D
+for its chunk's logits (the first chunk's programs also write f~; with one chunk this is the fused
+pass above); the backward sums ``dlogits W^T`` over the chunks within each D chunk.
 gamma is a float64 parameter and the norms use IEEE division and square root (``rounding.py``).
 """
 from __future__ import annotations
@@ -25,8 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
+from drcl_fast.kernels.boundary import CONTIGUOUS, INDICES, ROWS, Args
 from drcl_fast.kernels.matmul import matmul, mma
-from drcl_fast.kernels.precision import dot_precision
+from drcl_fast.kernels.offsets import index, wide
+from drcl_fast.kernels.precision import dot_args
 from drcl_fast.kernels.rounding import div_rn, sqrt_rn
 
 BLOCK_D = 64
@@ -43,14 +45,14 @@ def _mix_weights(gamma, ACC: tl.constexpr):
 
 @triton.jit
 def _mix_project_fwd(z_ptr, sq_ptr, perm_ptr, w_ptr, mixed_ptr, logits_ptr, B, D, C, gamma: tl.float64,
-                     s_z, s_w, s_m, s_l, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                     s_z, s_w, s_m, s_l, PRECISION: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
     """Rows of block program_id(0) against the classes of chunk program_id(1): each chunk's program
     forms the mixed rows over D for its logits; the first chunk's also writes them."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = index(tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B), WIDE)   # int64 where z needs it
     chunk = tl.program_id(1)
     r_ok = rows < B
-    partner = tl.load(perm_ptr + rows, mask=r_ok, other=0)
+    partner = index(tl.load(perm_ptr + rows, mask=r_ok, other=0), WIDE)
     g_i, g_j = _mix_weights(gamma, ACC)
     a_i = div_rn(g_i, sqrt_rn(tl.load(sq_ptr + rows, mask=r_ok, other=1.0)))
     a_j = div_rn(g_j, sqrt_rn(tl.load(sq_ptr + partner, mask=r_ok, other=1.0)))
@@ -109,12 +111,12 @@ def _feature_grad_chunk(dm_ptr, dl_ptr, z_ptr, w_ptr, rows, inv_rows, r_ok, d0, 
 
 @triton.jit
 def _mix_project_bwd(dm_ptr, dl_ptr, z_ptr, sq_ptr, inv_perm_ptr, w_ptr, dz_ptr, B, D, C, gamma: tl.float64,
-                     s_dm, s_dl, s_z, s_w, s_dz, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                     s_dm, s_dl, s_z, s_w, s_dz, PRECISION: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
                      ONE_CHUNK: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = index(tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B), WIDE)   # int64 where z needs it
     r_ok = rows < B
-    inv_rows = tl.load(inv_perm_ptr + rows, mask=r_ok, other=0)
+    inv_rows = index(tl.load(inv_perm_ptr + rows, mask=r_ok, other=0), WIDE)
     inv_norm = div_rn(1.0, sqrt_rn(tl.load(sq_ptr + rows, mask=r_ok, other=1.0)))
     g_i, g_j = _mix_weights(gamma, ACC)
     if ONE_CHUNK:   # C <= BLOCK_C: the mixed dlogits once, kept in registers for every D chunk
@@ -140,15 +142,19 @@ def _blocks(c: int) -> tuple[int, int]:
     return 32, min(CHUNK_C, max(16, triton.next_power_of_2(c)))
 
 
-def _dtypes(t: torch.Tensor) -> dict:
-    wide = t.dtype == torch.float64
-    return {"PRECISION": dot_precision(wide), "ACC": tl.float64 if wide else tl.float32}
-
-
 def mixup_project_forward(hidden: torch.Tensor, head_weight: torch.Tensor, permutation: torch.Tensor,
                           gamma: float, prior: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(f~, logits, z, row sums of squares of z)."""
+    """(f~, logits, z, row sums of squares of z).
+
+    `hidden` (B x H), `head_weight` (D x H) and `prior` (D x C) of one float dtype, any strides;
+    `permutation` (B) int32 or int64 with unit stride; one device.
+    """
+    args = Args("mixup_project_forward")
+    args.tensor("hidden", hidden, "B H")
+    args.tensor("head_weight", head_weight, "D H", "hidden")
+    args.tensor("permutation", permutation, "B", INDICES, layout=ROWS)
+    args.tensor("prior", prior, "D C", "hidden")
     b, (d, c) = hidden.shape[0], prior.shape
     sq = torch.zeros(b, device=hidden.device, dtype=hidden.dtype)
     z = matmul(hidden, head_weight.t(), row_sq=sq)
@@ -158,8 +164,8 @@ def mixup_project_forward(hidden: torch.Tensor, head_weight: torch.Tensor, permu
     prior = prior.contiguous()
     _mix_project_fwd[(triton.cdiv(b, block_b), triton.cdiv(c, block_c))](
         z, sq, permutation, prior, mixed, logits, b, d, c, float(gamma),
-        z.stride(0), prior.stride(0), mixed.stride(0), logits.stride(0),
-        BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=block_c, **_dtypes(z))
+        z.stride(0), prior.stride(0), mixed.stride(0), logits.stride(0), WIDE=wide(z, logits),
+        BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=block_c, **dot_args(z.dtype))
     return mixed, logits, z, sq
 
 
@@ -167,7 +173,21 @@ def mixup_project_backward(d_mixed: torch.Tensor, d_logits: torch.Tensor, hidden
                            head_weight: torch.Tensor, z: torch.Tensor, sq: torch.Tensor,
                            permutation: torch.Tensor, gamma: float, prior: torch.Tensor, need_dh: bool
                            ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(dh or None, dW_head) from the gradients of f~ and of the logits."""
+    """(dh or None, dW_head) from the gradients of f~ and of the logits.
+
+    `d_mixed`, `z` (B x D), `d_logits` (B x C), `hidden` (B x H), `head_weight` (D x H), `sq` (B) and
+    `prior` (D x C) of one float dtype, `permutation` (B) int32 or int64, one device; `z` contiguous
+    (its gradient is made like it and both are read with z's row stride), `sq` with unit stride.
+    """
+    args = Args("mixup_project_backward")
+    args.tensor("d_mixed", d_mixed, "B D")
+    args.tensor("d_logits", d_logits, "B C", "d_mixed")
+    args.tensor("hidden", hidden, "B H", "d_mixed")
+    args.tensor("head_weight", head_weight, "D H", "d_mixed")
+    args.tensor("z", z, "B D", "d_mixed", layout=CONTIGUOUS)
+    args.tensor("sq", sq, "B", "d_mixed", layout=ROWS)
+    args.tensor("permutation", permutation, "B", INDICES)
+    args.tensor("prior", prior, "D C", "d_mixed")
     (b, d), c = z.shape, prior.shape[1]
     inverse = torch.empty_like(permutation)
     inverse[permutation] = torch.arange(b, device=permutation.device, dtype=permutation.dtype)
@@ -177,8 +197,9 @@ def mixup_project_backward(d_mixed: torch.Tensor, d_logits: torch.Tensor, hidden
     _mix_project_bwd[(triton.cdiv(b, block_b),)](
         d_mixed, d_logits, z, sq, inverse, prior, dz, b, d, c, float(gamma),
         d_mixed.stride(0), d_logits.stride(0), z.stride(0), prior.stride(0), dz.stride(0),
-        BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=block_c, ONE_CHUNK=c <= block_c, **_dtypes(z),
-        num_warps=4 if c <= block_c else 8)   # the chunk loop spills 0.4-0.7 KB a thread at 4 warps
+        WIDE=wide(d_mixed, d_logits, z), BLOCK_B=block_b, BLOCK_D=BLOCK_D, BLOCK_C=block_c, ONE_CHUNK=c <= block_c,
+        **dot_args(z.dtype),
+        num_warps=4 if c <= block_c else 8)   # the chunk loop spills at 4 warps
     dh = matmul(dz, head_weight) if need_dh else None
     return dh, matmul(dz.t(), hidden)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import torch
+
 from drcl_fast.config import DEFAULT_PRECISION, PRECISIONS
 
 # A run sets it for its length (drcl_fast.runtime.precision.matrix_precision); kernel tests and benchmarks
@@ -47,3 +49,11 @@ def dot_precision(is_float64: bool) -> str:
     if is_float64 or _current[0] == "fp32":
         return "ieee"
     return "bf16" if _current[0] == "bf16" else "tf32"
+
+
+def dot_args(dtype: torch.dtype) -> dict[str, object]:
+    """The ``PRECISION`` (the `tl.dot` mode) and ``ACC`` (the accumulator's type) constexprs of a kernel
+    whose operands are `dtype`, as ``matmul.mma`` takes them."""
+    import triton.language as tl   # here: this module also serves CPU runs, where Triton may be missing
+    double = dtype == torch.float64
+    return {"PRECISION": dot_precision(double), "ACC": tl.float64 if double else tl.float32}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The compile matrix (bench/kernel_matrix.py) under Triton 3.6.0, the oldest Triton the
+# The compile matrix (tools/kernel_matrix.py) under Triton 3.6.0, the oldest Triton the
 # GPU suite may meet, beside the CPU torch 2.13 of the project's venv.
 #
 #   tools/triton36_matrix.sh                 # venv in /tmp/drcl-triton36, sm_80 + sm_90
@@ -41,11 +41,11 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$VENV/triton-cache}"
 SUMMARY="$OUT/kernels_triton36_$DAY.txt"
 start=$(date +%s)
-"$VENV/bin/python" "$ROOT/bench/kernel_matrix.py" --arch "$ARCHS" --shapes "$SHAPES" --configs "$CONFIGS" \
+"$VENV/bin/python" "$ROOT/tools/kernel_matrix.py" --arch "$ARCHS" --shapes "$SHAPES" --configs "$CONFIGS" \
     --jobs "$JOBS" --table --table-prefix kernels_triton36 > "$SUMMARY.tmp" 2>&1
 rc=$?
 {
-  echo "# bench/kernel_matrix.py under Triton 3.6.0 ($(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - start )) s, exit $rc)"
+  echo "# tools/kernel_matrix.py under Triton 3.6.0 ($(date -u '+%Y-%m-%d %H:%M UTC'), $(( $(date +%s) - start )) s, exit $rc)"
   echo "# tools/triton36_matrix.sh: ARCHS=$ARCHS SHAPES=$SHAPES CONFIGS=$CONFIGS"
   cat "$SUMMARY.tmp"
 } > "$SUMMARY"

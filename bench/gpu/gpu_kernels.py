@@ -1,6 +1,6 @@
 """GPU suite section: the resources of the Triton kernels this run compiled, on this card.
 
-The compile matrix (bench/kernel_matrix.py, docs/kernel_resources.md) predicts registers,
+The compile matrix (tools/kernel_matrix.py, docs/kernel_resources.md) predicts registers,
 spills and shared memory on the CPU; this section reads what the card's driver reports
 for every kernel the suite's earlier sections launched (Triton's per-device caches), one
 row per kernel: how many variants ran, and the largest registers, local memory (spills)
@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 from typing import Any, Iterator
 
-from bench.kernel_matrix import SPILL_BUDGET_BYTES
+from tools.kernel_matrix import SPILL_BUDGET_BYTES
 
 SECTION = "gpu_kernels"
 

@@ -43,7 +43,7 @@ def compile_aot(config: triton.Config, dtype: torch.dtype, precision: str, arch:
     ones = {"s_cn", "s_ak" if a_k_contig else "s_am", "s_bn" if b_n_contig else "s_bk"}
     constants = dict(HAS_BIAS=has_bias, RELU=relu, GATED=gated, ROW_SQ=row_sq, PRECISION=precision,
                      ACC=tl.float64 if dtype == torch.float64 else tl.float32, A_K_CONTIG=a_k_contig,
-                     B_N_CONTIG=b_n_contig, **config.kwargs)
+                     B_N_CONTIG=b_n_contig, WIDE=False, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(mm._matmul_kernel.arg_names):
         if name in ones:

@@ -1,7 +1,7 @@
 """Every Triton kernel variant the launchers can launch compiles for real GPUs and fits them.
 
 The interpreter the other kernel tests run under hides shared-memory limits, register
-spills and argument specialisation. ``bench/kernel_matrix.py`` captures the launches
+spills and argument specialisation. ``tools/kernel_matrix.py`` captures the launches
 the launchers in ``kernels/`` make at the production and test shapes (nothing runs),
 and compiles them ahead of time for sm_80 and sm_90 at every shape, and for sm_100 (where the
 installed Triton targets it) at the production shapes' default configs, with the wheel's ptxas,
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 
 def _load_matrix():
-    spec = importlib.util.spec_from_file_location("kernel_matrix", REPO / "bench" / "kernel_matrix.py")
+    spec = importlib.util.spec_from_file_location("kernel_matrix", REPO / "tools" / "kernel_matrix.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -121,7 +121,7 @@ def test_failure_report_names_kernel_variant_and_arch():
 
 
 def test_an_arch_this_triton_cannot_target_is_skipped_with_the_reason_unless_required():
-    probe = ("import importlib.util; spec = importlib.util.spec_from_file_location('km', 'bench/kernel_matrix.py'); "
+    probe = ("import importlib.util; spec = importlib.util.spec_from_file_location('km', 'tools/kernel_matrix.py'); "
              "km = importlib.util.module_from_spec(spec); spec.loader.exec_module(km); "
              "km.ARCHS['sm_20'] = dict(km.ARCHS['sm_80'], capability=20); "
              "print(km.arch_unknown('sm_90')); print(km.arch_unknown('sm_20'))")

@@ -426,7 +426,8 @@ for dt in ("fp32", "fp64"):
             (drcl_loss._mse_kernel, dict(GRAD=True, BLOCK_B=32, BLOCK_D=64, BLOCK_C=32)),
             (gce._gce_kernel, dict(Q_ZERO=False, BLOCK_B=4, BLOCK_C=1024))]
     for fn, consts in jobs:
-        consts = {**{k: v for k, v in (("PRECISION", prec), ("ACC", acc)) if k in fn.arg_names}, **consts}
+        consts = {**{k: v for k, v in (("PRECISION", prec), ("ACC", acc)) if k in fn.arg_names}, **consts,
+                  "WIDE": False}
         notes = {k: _normalize_ty(v) for k, v in inspect.get_annotations(fn.fn).items()}
         sig = {n: "constexpr" if n in consts else ("*i64" if "perm" in n else "*" + dt) if n.endswith("_ptr")
                else notes.get(n) or ("fp32" if n in FLOATS else "i32") for n in fn.arg_names}

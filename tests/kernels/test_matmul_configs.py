@@ -124,7 +124,7 @@ def test_float64_gated_keeps_configurations_on_an_a100_where_the_old_ones_all_fa
 
 
 def test_the_prune_fits_cpu_tensors_compiled_for_the_current_device(monkeypatch):
-    """bench/kernel_matrix.py captures launches of CPU tensors, not interpreted, under a fake CUDA device."""
+    """tools/kernel_matrix.py captures launches of CPU tensors, not interpreted, under a fake CUDA device."""
     monkeypatch.setattr(mm, "INTERPRET", False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(mm, "_device_limits", lambda index: (80, mm.ARCH_SMEM[80]))

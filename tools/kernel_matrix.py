@@ -24,10 +24,10 @@ decisions by arch see the arch being compiled for.
 
 CLI::
 
-    python bench/kernel_matrix.py                       # matrix for sm_80, sm_90, sm_100, summary
-    python bench/kernel_matrix.py --arch sm_90 --json out.json
-    python bench/kernel_matrix.py --table --arch sm_90  # writes bench/results/kernels_sm_90_<date>.md
-    python bench/kernel_matrix.py --shapes prod,test --jobs 2
+    python tools/kernel_matrix.py                       # matrix for sm_80, sm_90, sm_100, summary
+    python tools/kernel_matrix.py --arch sm_90 --json out.json
+    python tools/kernel_matrix.py --table --arch sm_90  # writes bench/results/kernels_sm_90_<date>.md
+    python tools/kernel_matrix.py --shapes prod,test --jobs 2
 
 Importable: :func:`run_matrix` returns per-arch results; :func:`failures` the failing
 variants (compile error, no config fitting shared memory, default-config spills).
@@ -712,7 +712,7 @@ def table(result: dict) -> str:
     units = {u["id"]: u for u in result["units"]}
     lines = [f"# Triton kernel resources, {arch} ({ARCHS[arch]['name']})", "",
              f"Triton {result.get('triton', triton.__version__)}, compiled on the CPU (no GPU) on "
-             f"{result.get('date')}, by `python bench/kernel_matrix.py --table --arch {arch}` "
+             f"{result.get('date')}, by `python tools/kernel_matrix.py --table --arch {arch}` "
              f"(docs/kernel_resources.md). Shared-memory limit per block: {result['max_shared']:,} B; "
              f"spill budget of a default config: {SPILL_BUDGET_BYTES} B local memory per thread.", "",
              "One row per variant (kernel x specialisation reached by a launcher) at its default "
