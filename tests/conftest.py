@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import warnings
 
 import torch
 
@@ -83,7 +85,7 @@ REQUIRE_EXTENSIONS = os.environ.get("DRCL_FAST_REQUIRE_EXTENSIONS") == "1"
 def missing_extensions() -> list[str]:
     """The optional parts this process lacks, each with what to do about it."""
     missing = []
-    for name, available in (("_map_cpp", cpp.AVAILABLE), ("_step_cpp", encoder_step.NATIVE_AVAILABLE)):
+    for name, available in (("retrieval._map_cpp", cpp.AVAILABLE), ("training._step_cpp", encoder_step.NATIVE_AVAILABLE)):
         if not available:
             missing.append(f"the C++ extension drcl_fast.{name} is not built (reinstall with `pip install "
                            f"--no-build-isolation -e .` and read the compiler's error, or `make clean test`)")
@@ -95,6 +97,19 @@ def missing_extensions() -> list[str]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     if REQUIRE_EXTENSIONS and missing_extensions():
         raise pytest.UsageError("DRCL_FAST_REQUIRE_EXTENSIONS=1, but " + "; ".join(missing_extensions()))
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_as_found(request: pytest.FixtureRequest):
+    """Each test starts with the handlers the last left: one that changes SIGINT's or SIGTERM's and does
+    not put it back would turn the stop tests' Ctrl-C into nothing (fit replaces only the default)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in before.items():
+        if signal.getsignal(signum) is not handler:
+            warnings.warn(f"{request.node.nodeid} left {signal.Signals(signum).name}'s handler changed "
+                          f"({signal.getsignal(signum)!r}); put back")
+            signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")

@@ -44,8 +44,10 @@ def build_broken_extension(tmp_path: Path, require: bool) -> tuple[subprocess.Co
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tree / name)
     (tree / "csrc" / "map_rank.cpp").write_text("#error deliberately broken\n")
-    stale = tree / "drcl_fast" / f"_map_cpp{sysconfig.get_config_var('EXT_SUFFIX')}"   # an earlier build's
-    stale.parent.mkdir()
+    # An earlier build's, where the build writes this one.
+    stale = tree / "drcl_fast" / "retrieval" / f"_map_cpp{sysconfig.get_config_var('EXT_SUFFIX')}"
+    stale.parent.mkdir(parents=True)
+    (tree / "drcl_fast" / "training").mkdir()   # where the training step's extension lands
     stale.write_bytes(b"")
     os.utime(stale, (0, 0))                     # older than the source, so the build runs
     env = {k: v for k, v in os.environ.items() if k != SWITCH} | ({SWITCH: "1"} if require else {})
@@ -60,4 +62,5 @@ def test_a_broken_build_fails_under_the_switch_and_warns_without(tmp_path):
     optional, tree = build_broken_extension(tmp_path / "optional", require=False)
     assert optional.returncode == 0
     assert "drcl_fast.retrieval._map_cpp was not built" in optional.stderr
-    assert not list((tree / "drcl_fast").glob("_map_cpp*")), "a stale build would be imported as this one"
+    assert not list((tree / "drcl_fast" / "retrieval").glob("_map_cpp*")), \
+        "a stale build would be imported as this one"

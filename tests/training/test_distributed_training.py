@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import REPO, run_torchrun, torchrun_command, torchrun_env
 
-WORKER = str(REPO / "tests" / "train_rank.py")
+WORKER = str(REPO / "tests" / "training" / "train_rank.py")
 EPOCHS = 4
 # torchrun shares its rendezvous store with the workers' process group by default, and a restarted
 # group then reads the dead one's addresses (pytorch/pytorch#135712): the documented workaround.

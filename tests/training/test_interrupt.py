@@ -221,7 +221,16 @@ def ctrl_c_at(call: int, monkeypatch) -> None:
     monkeypatch.setattr(rsc.RSCStep, "__call__", counting)
 
 
-def test_fit_stops_on_ctrl_c_and_leaves_no_handler_behind(mfeat, tiny_config, monkeypatch, one_thread):
+@pytest.fixture
+def python_default_sigint():
+    """Python's own SIGINT handler, the one fit replaces for its duration (it leaves a program's own alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_fit_stops_on_ctrl_c_and_leaves_no_handler_behind(mfeat, tiny_config, monkeypatch, one_thread,
+                                                          python_default_sigint):
     cfg = tiny_config.replace(checkpoint_every=1, concurrent_units=2)
     with monkeypatch.context() as patch:
         ctrl_c_at(12, patch)     # the second epoch of the first two RSC units (7 batches an epoch)
