@@ -80,7 +80,15 @@ class Checkpointer:
 
     def saved_paths(self) -> list[Path]:
         """This run's unit checkpoints on disk."""
-        return sorted(self.folder.glob(f"{self.stem}.*.pt"))
+        return self._files(f"{self.stem}.*.pt")
+
+    def _files(self, pattern: str) -> list[Path]:
+        """The folder's files matching `pattern`; none once the folder is gone (under torchrun, the rank
+        that finished last removes it, possibly while another lists it)."""
+        try:
+            return sorted(self.folder.glob(pattern))
+        except FileNotFoundError:
+            return []
 
     def load(self, phase: str, view: int) -> dict[str, Any] | None:
         """The unit's saved record ({"done": bool, "progress": ..., "result": ...}), or None."""
@@ -147,7 +155,7 @@ class Checkpointer:
 
     def remove(self) -> None:
         # With the temporary files of saves that a second Ctrl-C (os._exit) or a kill cut short.
-        for path in [*self.saved_paths(), *self.folder.glob(f".{self.stem}.*.tmp")]:
+        for path in [*self.saved_paths(), *self._files(f".{self.stem}.*.tmp")]:
             path.unlink(missing_ok=True)
         try:
             self.folder.rmdir()   # and the folder, once empty (it stays while it holds other runs' files)

@@ -17,6 +17,7 @@ import torch
 
 from drcl_fast.errors import CheckpointError, NonFiniteLossError
 from drcl_fast.training import rsc
+from drcl_fast.training.checkpoint import Checkpointer
 from drcl_fast.training.trainer import fit
 from tests.support import REPO
 
@@ -154,3 +155,16 @@ def test_units_interrupted_at_once_resume_where_each_left_off(mfeat, tiny_config
     assert (Path(cfg.out) / weights).read_bytes() == (Path(cfg.out).parent / "plain" / weights).read_bytes()
     for k in plain.rsc:
         np.testing.assert_array_equal(resumed.rsc[k].test_embeddings, plain.rsc[k].test_embeddings)
+
+
+def test_removing_checkpoints_survives_the_folder_going_away_while_listed(tmp_path, monkeypatch):
+    """Under torchrun every rank removes the run's checkpoints at the end; the folder can vanish (another
+    rank's rmdir) while this one lists it, and the listing then raises FileNotFoundError mid-scan."""
+    checkpointer = Checkpointer(tmp_path, "mfeat", -1, 1, {"seed": 1})
+
+    def vanished(self, pattern):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "glob", vanished)
+    assert checkpointer.saved_paths() == []
+    checkpointer.remove()
