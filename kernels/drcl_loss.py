@@ -2,7 +2,7 @@
 
 ``_pair_kernel`` runs one program per tile (I, J) of the upper triangle, J >= I:
 it forms the Gram tile ``F~_I F~_J^T`` (the only B x B x D work), the C-space
-tiles ``YK_I y~_J^T``, ``y~_I P_J^T`` and ``P_I y~_J^T`` (``fused_loss.py``), applies
+tiles ``YK_I y~_J^T``, ``y~_I P_J^T`` and ``P_I y~_J^T`` (``restructured.prepare``), applies
 the clamp ``max(|a| |b|, 1e-6)`` per pair in registers, adds the tile's share of
 J_D (twice for off-diagonal tiles: the (J, I) tile is its mirror) and scatters
 its gradient to both row blocks: ``AF`` (B x D), ``dnf`` (B) and ``dP`` (B x C),
@@ -21,15 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
+from drcl_fast.kernels import custom_op, probe_inputs
 from drcl_fast.kernels.boundary import CONTIGUOUS, ROWS, Args
-from drcl_fast.kernels.fused_loss import loss_terms, prepare
 from drcl_fast.kernels.gce import gce_forward
 from drcl_fast.kernels.matmul import INTERPRET, mma
 from drcl_fast.kernels.offsets import index, wide
 from drcl_fast.kernels.precision import dot_args
 from drcl_fast.kernels.rounding import div_rn
+from drcl_fast.ops import reference
+from drcl_fast.ops.restructured import loss_custom_op, loss_terms, prepare
+from drcl_fast.runtime import selfcheck
 
-COS_EPS = 1e-6   # reference.COS_EPS; kernels import nothing from the layers above them
 BLOCK_D = 128 if INTERPRET else 64
 BLOCK_C = 32
 # The pair kernel's (BLOCK, BLOCK_D, BLOCK_C, num_warps) per kind of product, from the compile matrix under
@@ -44,6 +46,28 @@ PAIR_CONFIGS = {
     ("ieee32", "any"): (64, 16, 16, 8), ("ieee64", "any"): (16, 32, 16, 2),
 }
 INTERPRET_PAIR_CONFIG = (128, 128, 32, None)   # the interpreter pays per program: fewer, larger tiles
+
+
+@triton.jit
+def _row_pair_chunk(ri, rj, i_ok, j_ok, k0, K, stride, BLOCK_K: tl.constexpr):
+    """Offsets and masks of rows `ri` and of rows `rj` over columns [k0, k0 + BLOCK_K) of a row-major
+    matrix with K columns: (off_i, off_j, m_i, m_j)."""
+    rk = k0 + tl.arange(0, BLOCK_K)
+    k_ok = rk[None, :] < K
+    return ri[:, None] * stride + rk[None, :], rj[:, None] * stride + rk[None, :], i_ok[:, None] & k_ok, \
+        j_ok[:, None] & k_ok
+
+
+@triton.jit
+def _tile_gram(a_ptr, b_ptr, ri, rj, i_ok, j_ok, K, stride, PRECISION: tl.constexpr, ACC: tl.constexpr,
+               BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A[ri] B[rj]^T (BLOCK x BLOCK, in ACC) for row-major A and B of K columns and one row stride."""
+    acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        off_i, off_j, m_i, m_j = _row_pair_chunk(ri, rj, i_ok, j_ok, k0, K, stride, BLOCK_K)
+        acc = mma(tl.load(a_ptr + off_i, mask=m_i, other=0.0), tl.trans(tl.load(b_ptr + off_j, mask=m_j, other=0.0)),
+                  acc, PRECISION)
+    return acc
 
 
 @triton.jit
@@ -73,19 +97,8 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
         # phase's BLOCK x BLOCK tiles at a time (both at once spill).
 
         # Within: w1 = cos2(r_i, r_j) - cos2(f_i, f_j); the clamp's gradient stops where it binds.
-        gram = tl.zeros((BLOCK, BLOCK), dtype=ACC)
-        for d0 in range(0, D, BLOCK_D):
-            rd = d0 + tl.arange(0, BLOCK_D)
-            d_ok = rd < D
-            f_i = tl.load(f_ptr + ri[:, None] * s_f + rd[None, :], mask=i_ok[:, None] & d_ok[None, :], other=0.0)
-            f_j = tl.load(f_ptr + rj[:, None] * s_f + rd[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0)
-            gram = mma(f_i, tl.trans(f_j), gram, PRECISION)
-        g_rr = tl.zeros((BLOCK, BLOCK), dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
-            rc = c0 + tl.arange(0, BLOCK_C)
-            yk_i = tl.load(yk_ptr + ri[:, None] * s_c + rc[None, :], mask=i_ok[:, None] & (rc[None, :] < C), other=0.0)
-            y_j = tl.load(y_ptr + rj[:, None] * s_c + rc[None, :], mask=j_ok[:, None] & (rc[None, :] < C), other=0.0)
-            g_rr = mma(yk_i, tl.trans(y_j), g_rr, PRECISION)
+        gram = _tile_gram(f_ptr, f_ptr, ri, rj, i_ok, j_ok, D, s_f, PRECISION, ACC, BLOCK, BLOCK_D)
+        g_rr = _tile_gram(yk_ptr, y_ptr, ri, rj, i_ok, j_ok, C, s_c, PRECISION, ACC, BLOCK, BLOCK_C)
         den_ff = nf_i[:, None] * nf_j[None, :]
         d_ff = tl.maximum(den_ff, eps)
         c_ff = div_rn(2.0 * gram, d_ff)
@@ -98,30 +111,22 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
             dnf_i = tl.sum(grad_den * nf_j[None, :], axis=1)
             dnf_j = tl.where(mirrored, tl.sum(grad_den * nf_i[:, None], axis=0), 0.0)
             for d0 in range(0, D, BLOCK_D):
-                rd = d0 + tl.arange(0, BLOCK_D)
-                d_ok = rd < D
-                m_i = i_ok[:, None] & d_ok[None, :]
-                m_j = j_ok[:, None] & d_ok[None, :]
+                off_i, off_j, m_i, m_j = _row_pair_chunk(ri, rj, i_ok, j_ok, d0, D, s_f, BLOCK_D)
                 zero = tl.zeros((BLOCK, BLOCK_D), dtype=ACC)
-                f_j = tl.load(f_ptr + rj[:, None] * s_f + rd[None, :], mask=m_j, other=0.0)
+                f_j = tl.load(f_ptr + off_j, mask=m_j, other=0.0)
                 # Reductions: no ordering with other memory is needed, so the atomics are relaxed
                 # (Triton's default, acq_rel, fences every one).
-                tl.atomic_add(af_ptr + ri[:, None] * s_f + rd[None, :], mma(grad_gram, f_j, zero, PRECISION), mask=m_i,
-                              sem="relaxed")
+                tl.atomic_add(af_ptr + off_i, mma(grad_gram, f_j, zero, PRECISION), mask=m_i, sem="relaxed")
                 if mirrored:
-                    f_i = tl.load(f_ptr + ri[:, None] * s_f + rd[None, :], mask=m_i, other=0.0)
-                    tl.atomic_add(af_ptr + rj[:, None] * s_f + rd[None, :],
-                                  mma(tl.trans(grad_gram), f_i, zero, PRECISION), mask=m_j, sem="relaxed")
+                    f_i = tl.load(f_ptr + off_i, mask=m_i, other=0.0)
+                    tl.atomic_add(af_ptr + off_j, mma(tl.trans(grad_gram), f_i, zero, PRECISION), mask=m_j,
+                                  sem="relaxed")
 
         # Cross: x = cos2(r_i, f_j), xt = cos2(r_j, f_i), w2 = x - xt.
         g_x = tl.zeros((BLOCK, BLOCK), dtype=ACC)
         g_xt = tl.zeros((BLOCK, BLOCK), dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
-            rc = c0 + tl.arange(0, BLOCK_C)
-            m_i = i_ok[:, None] & (rc[None, :] < C)
-            m_j = j_ok[:, None] & (rc[None, :] < C)
-            off_i = ri[:, None] * s_c + rc[None, :]
-            off_j = rj[:, None] * s_c + rc[None, :]
+            off_i, off_j, m_i, m_j = _row_pair_chunk(ri, rj, i_ok, j_ok, c0, C, s_c, BLOCK_C)
             g_x = mma(tl.load(y_ptr + off_i, mask=m_i, other=0.0),
                       tl.trans(tl.load(p_ptr + off_j, mask=m_j, other=0.0)), g_x, PRECISION)
             g_xt = mma(tl.load(p_ptr + off_i, mask=m_i, other=0.0),
@@ -144,11 +149,7 @@ def _pair_kernel(f_ptr, y_ptr, p_ptr, yk_ptr, nf_ptr, nr_ptr, partial_ptr, af_pt
             tl.atomic_add(dnf_ptr + ri, dnf_i, mask=i_ok, sem="relaxed")
             tl.atomic_add(dnf_ptr + rj, dnf_j, mask=j_ok, sem="relaxed")
             for c0 in range(0, C, BLOCK_C):
-                rc = c0 + tl.arange(0, BLOCK_C)
-                m_i = i_ok[:, None] & (rc[None, :] < C)
-                m_j = j_ok[:, None] & (rc[None, :] < C)
-                off_i = ri[:, None] * s_c + rc[None, :]
-                off_j = rj[:, None] * s_c + rc[None, :]
+                off_i, off_j, m_i, m_j = _row_pair_chunk(ri, rj, i_ok, j_ok, c0, C, s_c, BLOCK_C)
                 y_i = tl.load(y_ptr + off_i, mask=m_i, other=0.0)
                 zero = tl.zeros((BLOCK, BLOCK_C), dtype=ACC)
                 tl.atomic_add(dp_ptr + off_j, mma(tl.trans(grad_x), y_i, zero, PRECISION), mask=m_j, sem="relaxed")
@@ -195,7 +196,7 @@ def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: boo
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """B^2 J_D, and AF, dnf, dP for :func:`assemble_feature_grad` (zeros without `need_grad`).
 
-    `features` (B x D), `targets` and the C-space pieces `cs` (``fused_loss.prepare``) contiguous, of one
+    `features` (B x D), `targets` and the C-space pieces `cs` (``restructured.prepare``) contiguous, of one
     dtype and device: the kernel reads every B x C tensor with the targets' row stride.
     """
     args = Args("pair_terms")
@@ -214,7 +215,7 @@ def pair_terms(features: torch.Tensor, targets: torch.Tensor, cs, need_grad: boo
     af, dnf, dp = torch.zeros_like(features), torch.zeros_like(cs.nf), torch.zeros_like(cs.p)
     _pair_kernel[(blocks, blocks)](
         features, targets, cs.p, cs.yk, cs.nf, cs.nr, partial, af, dnf, dp, b, d, c,
-        features.stride(0), targets.stride(0), 1.0 / b ** 2, COS_EPS, GRAD=need_grad,
+        features.stride(0), targets.stride(0), 1.0 / b ** 2, reference.COS_EPS, GRAD=need_grad,
         WIDE=wide(features, targets, partial), BLOCK=block, BLOCK_D=block_d, BLOCK_C=block_c, **kinds, **extra)
     return partial.sum(), af, dnf, dp
 
@@ -292,3 +293,31 @@ def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch
     args.tensor("logits", logits, "B C", "features")
     args.tensor("pinv", pinv, "C D", "features")
     return loss_terms(ENGINE, features, targets, logits, pinv, q)
+
+
+# What dispatch hands out: the Function eagerly, the custom op while torch.compile traces.
+entry = custom_op.eager_or_compiled(drcl_loss_terms, loss_custom_op("triton", ENGINE))
+
+
+def _probe(device: torch.device):
+    """The self-check: `entry` against the float64 reference, the three terms and both gradients."""
+    g = torch.Generator().manual_seed(102)
+    b, d, c = 7, 5, 3
+    features, targets = probe_inputs.dyadic(g, b, d), probe_inputs.soft_targets(g, b, c)
+    logits, pinv = probe_inputs.dyadic(g, b, c), probe_inputs.dyadic(g, c, d)
+    weights = (1.0, 0.5, 0.25)
+    fast, ref = {}, {}
+    for out, impl, double in ((fast, entry, False), (ref, reference.drcl_loss_terms, True)):
+        dtype = torch.float64 if double else torch.float32
+        f, lg = probe_inputs.leaves(device, features, logits, double=double)
+        y, p = targets.to(device, dtype), pinv.to(device, dtype)
+        terms = impl(f, y, lg, p, 0.5)
+        out["J_L"], out["J_D"], out["J_MSE"] = terms
+        total = sum(w * t for w, t in zip(weights, terms))
+        out["gradient of the features"], out["gradient of the logits"] = torch.autograd.grad(total, (f, lg))
+        with torch.no_grad():   # validation's forward without gradients compiles apart
+            out["J_D without gradients"] = impl(f.detach(), y, lg.detach(), p, 0.5)[1]
+    return fast, ref, probe_inputs.matmul_tolerance()
+
+
+selfcheck.register("drcl_loss", _probe)

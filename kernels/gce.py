@@ -8,12 +8,17 @@ float64 whatever the input dtype (below), rounded once on the store.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from drcl_fast.kernels import custom_op, probe_inputs
 from drcl_fast.kernels.boundary import Args
 from drcl_fast.kernels.offsets import index, wide
+from drcl_fast.runtime import selfcheck
 
 MAX_CLASSES = 16384   # one row of classes in one program's registers
 
@@ -90,3 +95,48 @@ class GCE(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         (grad,) = ctx.saved_tensors
         return grad * g, None, None
+
+
+def _custom_op() -> Callable | None:
+    """GCE as the custom op ``drcl_fast::gce_forward`` (``custom_op.py``); None where torch has none."""
+    if not custom_op.AVAILABLE:
+        return None
+
+    @torch.library.custom_op("drcl_fast::gce_forward", mutates_args=())
+    def forward(logits: Tensor, targets: Tensor, q: float) -> tuple[Tensor, Tensor]:
+        return gce_forward(logits, targets, q)
+
+    @forward.register_fake
+    def _(logits, targets, q):
+        return logits.new_empty(()), torch.empty_like(logits)
+
+    def setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    def backward(ctx, g, _g_grad):
+        return ctx.saved_tensors[0] * g, None, None
+
+    forward.register_autograd(backward, setup_context=setup)
+    return lambda logits, targets, q: forward(logits, targets, float(q))[0]
+
+
+# What dispatch hands out: the Function eagerly, the custom op while torch.compile traces.
+entry = custom_op.eager_or_compiled(GCE.apply, _custom_op())
+
+
+def _probe(device: torch.device):
+    """The self-check: `entry` against the float64 reference, the loss and its gradient."""
+    from drcl_fast.ops import reference   # on use: drcl_fast.ops imports this module
+    g = torch.Generator().manual_seed(101)
+    logits, targets = probe_inputs.dyadic(g, 5, 3) * 4, probe_inputs.soft_targets(g, 5, 3)
+    fast, ref = {}, {}
+    for q in (0.0, 0.5):   # q = 0 (the first epoch's -log) compiles apart
+        for out, impl, double in ((fast, entry, False), (ref, reference.gce_loss, True)):
+            (x,) = probe_inputs.leaves(device, logits, double=double)
+            loss = impl(x, (targets.double() if double else targets).to(device), q)
+            out[f"loss at q={q}"], out[f"gradient at q={q}"] = loss, torch.autograd.grad(loss, x)[0]
+    return fast, ref, 1e-4
+
+
+selfcheck.register("gce_loss", _probe)

@@ -14,13 +14,16 @@ vendor one faster (docs/kernels.md).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+from torch import Tensor
 
+from drcl_fast.kernels import custom_op, probe_inputs
 from drcl_fast.kernels.boundary import ROWS, Args
 from drcl_fast.kernels.matmul import matmul
 from drcl_fast.kernels.precision import get_precision
+from drcl_fast.runtime import selfcheck
 
 IMPLS = ("triton", "vendor")
 DEFAULT_IMPL = "triton"
@@ -114,3 +117,64 @@ def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl:
         raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
     _check_layer("linear_relu", x, weight, bias)
     return LinearReLU.apply(x, weight, bias, impl)
+
+
+def _custom_op() -> Callable | None:
+    """The layer as the custom ops ``drcl_fast::linear_relu`` and ``linear_relu_backward`` (``custom_op.py``),
+    at ``DEFAULT_IMPL``; None where torch has none."""
+    if not custom_op.AVAILABLE:
+        return None
+
+    @torch.library.custom_op("drcl_fast::linear_relu", mutates_args=())
+    def forward(x: Tensor, weight: Tensor, bias: Tensor, impl: str) -> Tensor:
+        return linear_relu_forward(x, weight, bias, impl)
+
+    @forward.register_fake
+    def _(x, weight, bias, impl):
+        return x.new_empty(x.shape[0], weight.shape[0])
+
+    @torch.library.custom_op("drcl_fast::linear_relu_backward", mutates_args=())
+    def backward_op(grad: Tensor, x: Tensor, weight: Tensor, out: Tensor, impl: str, need_dx: bool
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        dx, dw, db = linear_relu_backward(grad, x, weight, out, impl, need_dx)
+        return (x.new_empty(0) if dx is None else dx), dw, db
+
+    @backward_op.register_fake
+    def _(grad, x, weight, out, impl, need_dx):
+        return (torch.empty_like(x) if need_dx else x.new_empty(0)), torch.empty_like(weight), \
+            weight.new_empty(weight.shape[0])
+
+    def setup(ctx, inputs, output):
+        x, weight, _, ctx.impl = inputs
+        ctx.save_for_backward(x, weight, output)
+
+    def backward(ctx, grad):
+        x, weight, out = ctx.saved_tensors
+        need_dx = ctx.needs_input_grad[0]
+        dx, dw, db = backward_op(grad, x, weight, out, ctx.impl, need_dx)
+        return (dx if need_dx else None), dw, db, None
+
+    forward.register_autograd(backward, setup_context=setup)
+    return lambda x, weight, bias: forward(x, weight, bias, DEFAULT_IMPL)
+
+
+# What dispatch hands out: the Function eagerly, the custom op while torch.compile traces.
+entry = custom_op.eager_or_compiled(linear_relu, _custom_op())
+
+
+def _probe(device: torch.device):
+    """The self-check: `entry` against the float64 reference, the output and the three gradients."""
+    from drcl_fast.ops import reference   # on use: drcl_fast.ops imports this module
+    g = torch.Generator().manual_seed(103)
+    x, weight, grad = (probe_inputs.dyadic(g, *shape) for shape in ((5, 9), (7, 9), (5, 7)))
+    bias = probe_inputs.dyadic(g, 7) + 1 / 128   # no pre-activation is exactly 0: the ReLU's mask is unambiguous
+    fast, ref = {}, {}
+    for out, impl, double in ((fast, entry, False), (ref, reference.linear_relu, True)):
+        leaves = probe_inputs.leaves(device, x, weight, bias, double=double)
+        y = impl(*leaves)
+        out["output"] = y
+        out["dx"], out["dW"], out["db"] = torch.autograd.grad(y, leaves, grad.to(device, y.dtype))
+    return fast, ref, 1e-4
+
+
+selfcheck.register("linear_relu", _probe)

@@ -11,7 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from drcl_fast.kernels import probe_inputs
 from drcl_fast.kernels.boundary import INDICES, ROWS, Args
+from drcl_fast.runtime import selfcheck
 
 _BLOCK = 1024
 
@@ -99,3 +101,32 @@ def hits_at(order: torch.Tensor, query_labels: torch.Tensor, gallery_labels: tor
     slots[cutoffs.to(order.device) - 1] = torch.arange(len(cutoffs), dtype=torch.int32, device=order.device)
     out = torch.empty(order.shape[0], len(cutoffs), dtype=torch.int64, device=order.device)
     return _walk(order, query_labels, gallery_labels, out, slots, skip_empty=False)
+
+
+# ---------------------------------------------------------------- the self-check probes (drcl_fast.runtime.selfcheck)
+# The retrieval backend and its reference are imported inside the probes: drcl_fast.retrieval.triton
+# imports this module on first use, and the probes run only once Triton is wanted anyway.
+
+def _probe_average_precisions(device: torch.device) -> tuple[dict, dict, float]:
+    """The "evaluate_map" probe: the Triton backend's per-query APs against the reference's, exactly."""
+    from drcl_fast.retrieval import reference
+    from drcl_fast.retrieval import triton as triton_backend
+    fast, ref = {}, {}
+    # MAP@all: the sort path; MAP@3: the fused top-k kernel; single- and multi-label walks.
+    for name, k, multilabel, seed in (("AP@all", None, False, 201), ("AP@3, multi-label", 3, True, 202)):
+        args = probe_inputs.ranking_case(device, seed, 3, 7, multilabel)
+        fast[name] = triton_backend.average_precisions(*args, k=k)
+        ref[name] = reference.average_precisions(*args, k=k)
+    return fast, ref, 1e-12
+
+
+def _probe_hits_at(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The "precision_recall" probe: the Triton backend's relevant counts at cutoffs against the reference's."""
+    from drcl_fast.retrieval import reference
+    from drcl_fast.retrieval import triton as triton_backend
+    args = probe_inputs.ranking_case(device, 203, 3, 7, False)
+    return triton_backend.hits_at(*args, [1, 4, 7]), reference.hits_at(*args, [1, 4, 7]), 0.0
+
+
+selfcheck.register("evaluate_map", _probe_average_precisions)
+selfcheck.register("precision_recall", _probe_hits_at)

@@ -15,7 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
+from drcl_fast.kernels import probe_inputs
 from drcl_fast.kernels.boundary import Args
+from drcl_fast.runtime import selfcheck
 
 _EMPTY = tl.constexpr(-2**63)  # below every real key
 _LOW = tl.constexpr(2**32 - 1)
@@ -130,3 +132,20 @@ def topk(query: torch.Tensor, gallery: torch.Tensor, top: int) -> tuple[torch.Te
     """
     keys = _best_keys("topk", query, gallery, top)
     return _scores_of(keys), _indices_of(keys)
+
+
+# ---------------------------------------------------------------- the self-check probe (drcl_fast.runtime.selfcheck)
+
+def _probe_topk(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+    """The "topk" probe: the Triton search against the reference's, scores and indices exactly."""
+    # Imported here: drcl_fast.retrieval.nearest imports this module on first use.
+    from drcl_fast.retrieval.nearest import search_backends
+    found = search_backends()
+    g = torch.Generator().manual_seed(204)
+    q, gallery = probe_inputs.exact_rows(g, 3).to(device), probe_inputs.exact_rows(g, 21).to(device)
+    # k = 5: the fused kernel over two gallery slices; its keys carry the scores, compared too.
+    fast, ref = found["triton"](q, gallery, 5), found["torch"](q, gallery, 5)
+    return {"scores": fast[0], "indices": fast[1]}, {"scores": ref[0], "indices": ref[1]}, 0.0
+
+
+selfcheck.register("topk", _probe_topk)

@@ -21,15 +21,20 @@ gamma is a float64 parameter and the norms use IEEE division and square root (``
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from drcl_fast.kernels import custom_op, probe_inputs
 from drcl_fast.kernels.boundary import CONTIGUOUS, INDICES, ROWS, Args
 from drcl_fast.kernels.matmul import matmul, mma
 from drcl_fast.kernels.offsets import index, wide
 from drcl_fast.kernels.precision import dot_args
 from drcl_fast.kernels.rounding import div_rn, sqrt_rn
+from drcl_fast.runtime import selfcheck
 
 BLOCK_D = 64
 CHUNK_C = 32   # classes per chunk: the forward's grid has one program per (row block, class chunk)
@@ -223,3 +228,77 @@ class MixupProject(torch.autograd.Function):
         dh, dw = mixup_project_backward(d_mixed, d_logits, hidden, head_weight, z, sq, permutation,
                                         ctx.gamma, prior, ctx.needs_input_grad[0])
         return dh, dw, None, None, None
+
+
+def _custom_op() -> Callable | None:
+    """The stage as the custom ops ``drcl_fast::mixup_project`` and ``mixup_project_backward``
+    (``custom_op.py``); None where torch has none."""
+    if not custom_op.AVAILABLE:
+        return None
+
+    @torch.library.custom_op("drcl_fast::mixup_project", mutates_args=())
+    def forward(hidden: Tensor, head_weight: Tensor, permutation: Tensor, gamma: float, prior: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return mixup_project_forward(hidden, head_weight, permutation, gamma, prior)
+
+    @forward.register_fake
+    def _(hidden, head_weight, permutation, gamma, prior):
+        b, d = hidden.shape[0], head_weight.shape[0]
+        return (hidden.new_empty(b, d), hidden.new_empty(b, prior.shape[1]), hidden.new_empty(b, d),
+                hidden.new_empty(b))
+
+    @torch.library.custom_op("drcl_fast::mixup_project_backward", mutates_args=())
+    def backward_op(d_mixed: Tensor, d_logits: Tensor, hidden: Tensor, head_weight: Tensor, z: Tensor,
+                    sq: Tensor, permutation: Tensor, gamma: float, prior: Tensor, need_dh: bool
+                    ) -> tuple[Tensor, Tensor]:
+        dh, dw = mixup_project_backward(d_mixed, d_logits, hidden, head_weight, z, sq, permutation, gamma,
+                                        prior, need_dh)
+        return (hidden.new_empty(0) if dh is None else dh), dw
+
+    @backward_op.register_fake
+    def _(d_mixed, d_logits, hidden, head_weight, z, sq, permutation, gamma, prior, need_dh):
+        return (torch.empty_like(hidden) if need_dh else hidden.new_empty(0)), torch.empty_like(head_weight)
+
+    def setup(ctx, inputs, output):
+        hidden, head_weight, permutation, ctx.gamma, prior = inputs
+        _, _, z, sq = output
+        ctx.mark_non_differentiable(z, sq)
+        ctx.save_for_backward(hidden, head_weight, z, sq, permutation, prior)
+
+    def backward(ctx, d_mixed, d_logits, _dz, _dsq):
+        hidden, head_weight, z, sq, permutation, prior = ctx.saved_tensors
+        d_mixed = torch.zeros_like(z) if d_mixed is None else d_mixed
+        d_logits = z.new_zeros(z.shape[0], prior.shape[1]) if d_logits is None else d_logits
+        need_dh = ctx.needs_input_grad[0]
+        dh, dw = backward_op(d_mixed, d_logits, hidden, head_weight, z, sq, permutation, ctx.gamma, prior, need_dh)
+        return (dh if need_dh else None), dw, None, None, None
+
+    forward.register_autograd(backward, setup_context=setup)
+    return lambda hidden, head_weight, permutation, gamma, prior: \
+        forward(hidden, head_weight, permutation, float(gamma), prior)[:2]
+
+
+# What dispatch hands out: the Function eagerly, the custom op while torch.compile traces.
+entry = custom_op.eager_or_compiled(MixupProject.apply, _custom_op())
+
+
+def _probe(device: torch.device):
+    """The self-check: `entry` against the float64 reference, both outputs and both gradients."""
+    from drcl_fast.ops import reference   # on use: drcl_fast.ops imports this module
+    g = torch.Generator().manual_seed(104)
+    b, h, d, c = 5, 9, 7, 3
+    hidden, head, prior, d_mixed, d_logits = (probe_inputs.dyadic(g, *shape)
+                                              for shape in ((b, h), (d, h), (d, c), (b, d), (b, c)))
+    permutation = torch.randperm(b, generator=g).to(device)
+    fast, ref = {}, {}
+    for out, impl, double in ((fast, entry, False), (ref, reference.mixup_project, True)):
+        dtype = torch.float64 if double else torch.float32
+        leaves = probe_inputs.leaves(device, hidden, head, double=double)
+        mixed, logits = impl(*leaves, permutation, 0.75, prior.to(device, dtype))
+        out["mixed features"], out["logits"] = mixed, logits
+        out["d hidden"], out["d head weight"] = torch.autograd.grad(
+            (mixed, logits), leaves, (d_mixed.to(device, dtype), d_logits.to(device, dtype)))
+    return fast, ref, probe_inputs.matmul_tolerance()
+
+
+selfcheck.register("mixup_project", _probe)

@@ -14,61 +14,54 @@ fused paths treat targets, L = W+ and the prior as constants (as RSC does); if o
 of them requires a gradient, the reference runs instead. Under
 ``torch.use_deterministic_algorithms(True)`` "triton" gives way to the next fastest:
 its atomic adds and autotuned blocks are not bitwise reproducible. Before a Triton
-op first runs on a device, its probe (``probes.py``, run by ``drcl_fast.runtime.selfcheck``) compares it with
-the reference on a tiny input; a kernel that fails is passed over (``backends.choose``).
+op first runs on a device, its probe (beside its kernels, run by ``drcl_fast.runtime.selfcheck``) compares it
+with the reference on a tiny input; a kernel that fails is passed over (``backends.choose``).
 """
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Callable
 
 import torch
 
-from drcl_fast.kernels.fused_loss import combine
-from drcl_fast.ops import custom_ops, probes, reference, restructured
+from drcl_fast.ops import reference, restructured
 from drcl_fast.ops.pinv import prior_pinv
 from drcl_fast.ops.reference import feature_mixup, gce_q, mix_rows
 from drcl_fast.runtime.backends import choose, pick, picks_automatically, say_once
 
-try:
-    from drcl_fast.kernels import drcl_loss as _triton_loss
-    from drcl_fast.kernels.gce import GCE as _TritonGCE
-    from drcl_fast.kernels.linear_relu import linear_relu as _triton_linear_relu
-    from drcl_fast.kernels.mixup_project import MixupProject as _TritonMixupProject
-except ImportError:   # no Triton: "auto" falls back, and says so once
-    _triton_loss = _TritonGCE = _triton_linear_relu = _TritonMixupProject = None
-
-# The ops users call. The trainer's helpers (check_backend, step_ops_run_reference, loss_forms_gradients,
-# drcl_loss_gradients, drcl_loss_implementation, and reference's mix_rows and gce_q) stay here, where the
-# training modules look them up as ops.<name>, but are not the user API.
+# The ops users call. The trainer's helpers (check_backend, step_ops_run_reference, drcl_loss_implementation,
+# forms_gradients, and reference's mix_rows and gce_q) stay here, where the training modules look them up
+# as ops.<name>, but are not the user API.
 __all__ = ["gce_loss", "drcl_loss", "drcl_loss_terms", "linear_relu", "mixup_project", "prior_pinv", "feature_mixup"]
 
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+try:   # importing a kernel module also registers its self-check probe (drcl_fast.runtime.selfcheck)
+    from drcl_fast.kernels import drcl_loss as _triton_loss
+    from drcl_fast.kernels import gce as _triton_gce
+    from drcl_fast.kernels import linear_relu as _triton_linear_relu
+    from drcl_fast.kernels import mixup_project as _triton_mixup_project
+except ImportError as missing:   # no Triton: "auto" falls back, and says so once
+    if not (missing.name or "").startswith("triton"):
+        raise
+    _triton_loss = _triton_gce = _triton_linear_relu = _triton_mixup_project = None
 
 
-def _eager_or_compiled(eager: Callable | None, compiled: Callable | None) -> Callable | None:
-    """`eager` (an autograd Function's entry) normally; its custom op while torch.compile traces."""
-    if eager is None or compiled is None:
-        return eager
-    return lambda *args: (compiled if _is_compiling() else eager)(*args)
+def _triton_entry(module: ModuleType | None) -> Callable | None:
+    """What the kernel module hands out (its Function, or its custom op while torch.compile traces).
+
+    Looked up at each call: the kernels import this package (the references, the loss's shared half),
+    so where a program imports a kernel module first, that module is still loading here.
+    """
+    return None if module is None else (lambda *args: module.entry(*args))
 
 
-def _loss_op(engine: str) -> Callable | None:
-    op = custom_ops.ops.get("drcl_loss_terms")
-    return None if op is None else (lambda *args: op(*args, engine))
-
-
-_GCE = {"torch": reference.gce_loss,
-        "triton": _eager_or_compiled(_TritonGCE and _TritonGCE.apply, custom_ops.ops.get("gce_loss"))}
-_DRCL_TERMS = {"torch": reference.drcl_loss_terms,
-               "restructured": _eager_or_compiled(restructured.drcl_loss_terms, _loss_op("restructured")),
-               "triton": _eager_or_compiled(_triton_loss and _triton_loss.drcl_loss_terms, _loss_op("triton"))}
-_LINEAR_RELU = {"torch": reference.linear_relu,
-                "triton": _eager_or_compiled(_triton_linear_relu, custom_ops.ops.get("linear_relu"))}
-_MIXUP_PROJECT = {"torch": reference.mixup_project,
-                  "triton": _eager_or_compiled(_TritonMixupProject and _TritonMixupProject.apply,
-                                               custom_ops.ops.get("mixup_project"))}
-_REGISTRIES = {"gce_loss": _GCE, "drcl_loss": _DRCL_TERMS, "linear_relu": _LINEAR_RELU,
-               "mixup_project": _MIXUP_PROJECT}
+# Each op's implementations by backend name.
+_REGISTRIES: dict[str, dict[str, Callable | None]] = {
+    "gce_loss": {"torch": reference.gce_loss, "triton": _triton_entry(_triton_gce)},
+    "drcl_loss": {"torch": reference.drcl_loss_terms, "restructured": restructured.entry,
+                  "triton": _triton_entry(_triton_loss)},
+    "linear_relu": {"torch": reference.linear_relu, "triton": _triton_entry(_triton_linear_relu)},
+    "mixup_project": {"torch": reference.mixup_project, "triton": _triton_entry(_triton_mixup_project)},
+}
 
 
 def check_backend(backend: str, device: torch.device | str) -> None:
@@ -90,9 +83,6 @@ def _pick(op: str, backend: str, device: torch.device, *constants: torch.Tensor)
                                         f"with atomics and autotune their blocks; using the next fastest")
         return choose(op, "auto", device, impls, exclude={"triton"})
     return choose(op, backend, device, impls)
-
-
-probes.register(_REGISTRIES)
 
 
 def step_ops_run_reference(backend: str, device: torch.device | str) -> bool:
@@ -172,26 +162,9 @@ def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch
         >>> round(float(j_l), 4), round(float(j_d), 6), round(float(j_mse), 6)
         (0.482, 0.0, 0.0)
     """
-    _check_loss_shapes(features, targets, logits, pinv)
+    restructured.check_shapes(features, targets, logits, pinv)
     rows, width = features.shape
     return drcl_loss_implementation(rows, width, targets, pinv, backend)(features, targets, logits, pinv, q)
-
-
-def loss_forms_gradients(rows: int, width: int, targets: torch.Tensor, pinv: torch.Tensor, backend: str) -> bool:
-    """Whether the RSC loss `backend` picks for `rows` x `width` features (and these targets, on their
-    device) forms its gradients in the forward pass (the restructured engine), so that
-    ``drcl_loss_gradients`` can hand them out without autograd."""
-    return drcl_loss_implementation(rows, width, targets, pinv, backend) is _DRCL_TERMS["restructured"]
-
-
-def drcl_loss_gradients(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, pinv: torch.Tensor,
-                        q: float, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The restructured loss with no autograd graph: ((J_L, J_D, J_MSE) stacked, d(weights . J)/dfeatures,
-    d(weights . J)/dlogits), `weights` the terms' factors in the objective, (eta, alpha, beta). The same
-    values as ``drcl_loss_terms`` under autograd, where ``loss_forms_gradients`` holds."""
-    _check_loss_shapes(features, targets, logits, pinv)
-    terms, *grads = restructured.ENGINE.forward(features, targets, logits, pinv, q, need_grad=True)
-    return (terms, *combine(weights.to(terms), *grads))
 
 
 def drcl_loss_implementation(rows: int, width: int, targets: torch.Tensor, pinv: torch.Tensor, backend: str
@@ -199,21 +172,18 @@ def drcl_loss_implementation(rows: int, width: int, targets: torch.Tensor, pinv:
     """What ``drcl_loss_terms`` runs for `rows` x `width` features with these targets and L: a training
     unit chooses it once, for all its batches (the same for each: their shape repeats)."""
     fn = _pick("drcl_loss", backend, targets.device, targets, pinv)
-    if picks_automatically(backend, _DRCL_TERMS) and fn is _DRCL_TERMS["restructured"] and \
+    impls = _REGISTRIES["drcl_loss"]
+    if picks_automatically(backend, impls) and fn is impls["restructured"] and \
             not restructured.pays_off(rows, width, targets.shape[1]):
-        return _DRCL_TERMS["torch"]
+        return impls["torch"]
     return fn
 
 
-def _check_loss_shapes(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
-                       pinv: torch.Tensor) -> None:
-    shapes = {"features": features.shape, "targets": targets.shape, "logits": logits.shape, "pinv": pinv.shape}
-    if any(len(shape) != 2 for shape in shapes.values()):
-        raise ValueError(f"the RSC loss takes 2-D tensors; got shapes {shapes}")
-    (b, d), c = features.shape, targets.shape[1]
-    if targets.shape[0] != b or logits.shape != (b, c) or pinv.shape != (c, d):
-        raise ValueError(f"the RSC loss needs features (B, D), targets (B, C), logits (B, C) and pinv (C, D); "
-                         f"got {', '.join(f'{name} {tuple(shape)}' for name, shape in shapes.items())}")
+def forms_gradients(implementation: Callable) -> bool:
+    """Whether a loss `implementation` (from ``drcl_loss_implementation``) is the restructured engine, which
+    forms its gradients in the forward pass: then ``restructured.drcl_loss_gradients`` hands them out
+    without autograd."""
+    return implementation is _REGISTRIES["drcl_loss"]["restructured"]
 
 
 def drcl_loss(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,

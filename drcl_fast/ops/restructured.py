@@ -1,7 +1,19 @@
-"""The CPU fast path of the RSC loss: C-space algebra and symmetric row panels in PyTorch.
+"""The RSC loss's fast paths outside Triton: the half both engines share, and the CPU engine.
 
-Same terms as ``reference.drcl_loss_terms``, from far less work (docs/design.md section 4;
-docs/kernels.md has the measurements):
+**Shared with the Triton engine** (``drcl_fast.kernels.drcl_loss``). Both fast engines compute
+(J_L, J_D, J_MSE) *and* their gradients in one forward pass, never holding a B x B matrix,
+from the same C-space pieces (``prepare``; docs/design.md, section 4):
+
+- ``P = F~ L^T`` (B x C), so ``r_i . f~_j = y~_i . P_j`` (the cross Gram is B x C x B);
+- ``YK = y~ (L L^T)`` (B x C), so ``r_i . r_j = YK_i . y~_j`` and ``|r_i|^2 = YK_i . y~_i``;
+- only ``F~ F~^T`` is a B x B x D product.
+
+``FusedDRCLLoss`` saves the three gradients and its backward only scales and adds them;
+``loss_custom_op`` registers an engine as a ``torch.library`` custom op for torch.compile.
+None of it needs Triton: the CPU path runs where Triton is not installed.
+
+**The CPU engine**: C-space algebra and symmetric row panels in PyTorch. Same terms as
+``reference.drcl_loss_terms``, from far less work (docs/kernels.md has the measurements):
 
 - with hats for unit rows, ``cos2(a_i, b_j) = 2 a^_i . b^_j`` when the clamp
   ``max(|a_i| |b_j|, 1e-6)`` does not bind, so every cosine comes straight out of a
@@ -27,11 +39,13 @@ as the reference does.
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from drcl_fast.kernels.fused_loss import loss_terms, prepare
+from drcl_fast.kernels import custom_op
 from drcl_fast.ops import reference
 from drcl_fast.ops.pinv import Core, pinv_core
 from drcl_fast.ops.recast import scaled_residual, sparse_rows
@@ -50,6 +64,127 @@ LOGITS_ROUTE_MAX_CONDITION = 4.0
 PROBE_MARGIN = 32.0
 MIN_SPLIT_ROWS = 128
 SUM_CHUNK = 1 << 18   # values squared at a time: a small temporary, reused from the heap
+
+
+# ---------------------------------------------------------------- shared with the Triton engine
+
+
+class CSpace(NamedTuple):
+    """The per-batch pieces every pair tile reads."""
+
+    nf: torch.Tensor   # |f~_i| (B)
+    nr: torch.Tensor   # |r_i| = |y~_i L| (B), from the C x C core
+    p: torch.Tensor    # F~ L^T (B x C)
+    yk: torch.Tensor   # y~ L L^T (B x C)
+
+
+def prepare(features: torch.Tensor, targets: torch.Tensor, pinv: torch.Tensor,
+            yk: torch.Tensor | None = None, nf: torch.Tensor | None = None,
+            p: torch.Tensor | None = None) -> CSpace:
+    """The C-space pieces; `yk` (y~ L L^T in float64), `nf` and `p` where the caller has them.
+
+    YK and |r| go through float64 (C x C and B x C work): in float32 the roundings of K, YK
+    and the row sums add up where cos2(r_i, r_j) and cos2(f_i, f_j) nearly cancel, late in
+    training (docs/kernels.md).
+    """
+    if yk is None:
+        wide = pinv.double()
+        yk = targets.double() @ (wide @ wide.t())
+    nr = (yk * targets).sum(dim=1).clamp_min(0.0).sqrt()   # rounding can leave a tiny negative
+    return CSpace(features.norm(dim=1) if nf is None else nf, nr.to(features.dtype),
+                  features @ pinv.t() if p is None else p, yk.to(features.dtype))
+
+
+class LossEngine(Protocol):
+    """One fast implementation of the RSC loss terms."""
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                pinv: torch.Tensor, q: float, need_grad: bool = True) -> tuple[torch.Tensor, ...]:
+        """(terms, dJ_D/dF~, dJ_MSE/dF~, dJ_L/dlogits), terms = (J_L, J_D, J_MSE) as one 3-vector.
+
+        Without `need_grad` (validation) the gradients are skipped and None.
+        """
+
+
+def check_shapes(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, pinv: torch.Tensor) -> None:
+    """Raise ValueError unless features (B, D), targets (B, C), logits (B, C) and pinv (C, D) fit together."""
+    shapes = {"features": features.shape, "targets": targets.shape, "logits": logits.shape, "pinv": pinv.shape}
+    if any(len(shape) != 2 for shape in shapes.values()):
+        raise ValueError(f"the RSC loss takes 2-D tensors; got shapes {shapes}")
+    (b, d), c = features.shape, targets.shape[1]
+    if targets.shape[0] != b or logits.shape != (b, c) or pinv.shape != (c, d):
+        raise ValueError(f"the RSC loss needs features (B, D), targets (B, C), logits (B, C) and pinv (C, D); "
+                         f"got {', '.join(f'{name} {tuple(shape)}' for name, shape in shapes.items())}")
+
+
+def combine(g_terms: torch.Tensor, d_features_d: torch.Tensor, d_features_mse: torch.Tensor,
+            d_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of sum_t g_t J_t for features and logits, from the forward's per-term gradients."""
+    return (d_features_d * g_terms[1]).addcmul_(d_features_mse, g_terms[2]), d_logits * g_terms[0]
+
+
+class FusedDRCLLoss(torch.autograd.Function):
+    """(J_L, J_D, J_MSE) with gradients for features and logits; targets and L are constants.
+
+    The engine forms each term's gradient in the forward pass, so the backward
+    only scales and adds them: nothing is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                pinv: torch.Tensor, q: float, engine: LossEngine) -> torch.Tensor:
+        terms, *grads = engine.forward(features, targets, logits, pinv, q)
+        ctx.save_for_backward(*grads)
+        return terms
+
+    @staticmethod
+    def backward(ctx, g_terms: torch.Tensor):
+        grad_features, grad_logits = combine(g_terms, *ctx.saved_tensors)
+        return grad_features, None, grad_logits, None, None, None
+
+
+def loss_terms(engine: LossEngine, features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+               pinv: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(J_L, J_D, J_MSE) by `engine`; its gradients are formed only when autograd will ask for them."""
+    if torch.is_grad_enabled() and (features.requires_grad or logits.requires_grad):
+        return tuple(FusedDRCLLoss.apply(features, targets, logits, pinv, q, engine).unbind())
+    return tuple(engine.forward(features, targets, logits, pinv, q, need_grad=False)[0].unbind())
+
+
+def loss_custom_op(name: str, engine: LossEngine) -> Callable | None:
+    """`engine` as the custom op ``drcl_fast::drcl_loss_<name>`` (``kernels/custom_op.py``), called as
+    ``loss_terms`` is; None where torch has no custom ops.
+
+    The forward op returns the terms and the three gradients (marked non-differentiable and saved);
+    the backward rule scales and adds them as ``FusedDRCLLoss`` does.
+    """
+    if not custom_op.AVAILABLE:
+        return None
+
+    @torch.library.custom_op(f"drcl_fast::drcl_loss_{name}", mutates_args=())
+    def forward(features: Tensor, targets: Tensor, logits: Tensor, pinv: Tensor, q: float
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return engine.forward(features, targets, logits, pinv, q)
+
+    @forward.register_fake
+    def _(features, targets, logits, pinv, q):
+        return features.new_empty(3), torch.empty_like(features), torch.empty_like(features), \
+            torch.empty_like(logits)
+
+    def setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*output[1:])
+
+    def backward(ctx, g_terms, *_unused):
+        grad_features, grad_logits = combine(g_terms, *ctx.saved_tensors)
+        return grad_features, None, grad_logits, None, None
+
+    forward.register_autograd(backward, setup_context=setup)
+    return lambda features, targets, logits, pinv, q: tuple(
+        forward(features, targets, logits, pinv, float(q))[0].unbind())
+
+
+# ---------------------------------------------------------------- the CPU engine
 
 
 def pays_off(b: int, d: int, c: int) -> bool:
@@ -348,3 +483,24 @@ def drcl_loss_terms(features: torch.Tensor, targets: torch.Tensor, logits: torch
                     pinv: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(J_L, J_D, J_MSE), as ``reference.drcl_loss_terms``; gradients reach features and logits."""
     return loss_terms(ENGINE, features, targets, logits, pinv, q)
+
+
+# What dispatch hands out: the Function eagerly, the custom op while torch.compile traces.
+entry = custom_op.eager_or_compiled(drcl_loss_terms, loss_custom_op("restructured", ENGINE))
+
+
+def drcl_loss_gradients(features: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, pinv: torch.Tensor,
+                        q: float, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss with no autograd graph, for a training step that takes its gradients by hand.
+
+    Args:
+        features, targets, logits, pinv, q: as for ``drcl_loss_terms``.
+        weights: the terms' factors in the objective, (eta, alpha, beta).
+
+    Returns:
+        ((J_L, J_D, J_MSE) stacked, d(weights . J)/dfeatures, d(weights . J)/dlogits): the values
+        ``drcl_loss_terms`` gives under autograd.
+    """
+    check_shapes(features, targets, logits, pinv)
+    terms, *grads = ENGINE.forward(features, targets, logits, pinv, q, need_grad=True)
+    return (terms, *combine(weights.to(terms), *grads))

@@ -302,17 +302,14 @@ def ndcg_at_k(query: Any, query_labels: Any, gallery: Any, gallery_labels: Any, 
     backend name (no backend walks graded relevance), exactly as every backend ranks them.
 
     Args:
-        query, query_labels, gallery, gallery_labels, max_memory, return_per_query: as precision_at_k.
-        k: the cutoff K, a positive int.
+        query, query_labels, gallery, gallery_labels, k, max_memory, return_per_query: as recall_at_k.
         backend: any backend name (checked); see above.
 
     Returns:
-        The mean over the queries that count (0.0 if none does); with `return_per_query`,
-        (mean, per-query values).
+        As recall_at_k: the mean over the queries that count; with `return_per_query`, also the per-query values.
 
     Raises:
-        ConfigError: k is not a positive int.
-        DataError: inconsistent inputs, as evaluate_map.
+        ConfigError, DataError: as recall_at_k.
         BackendError: an unknown backend name.
     """
     check_backend_name(backend)

@@ -6,6 +6,12 @@ implementation and the reference on a small, fixed input (odd sizes, a local
 ``torch.Generator``), compared within the op's tolerance. The verdict is kept for
 the process, so the check costs one tiny call per op and device.
 
+Each op's probe lives beside its kernels (``kernels/<op>.py``; the retrieval ops'
+in ``kernels/map_ranked.py`` and ``kernels/map_topk.py``) and is registered when
+that module is imported. Those modules import Triton, so they are imported lazily,
+and a probe may not be registered yet when its check runs: the check then imports
+the op's module named in ``PROBE_MODULES``.
+
 A verdict fails when the GPU is one Triton does not support (compute capability
 below 7.0), when the kernel does not compile (``CompilationError``, ``PTXASError``),
 runs out of resources (``OutOfResources``) or raises anything else, or when its
@@ -22,6 +28,7 @@ leaves, and grad mode is restored. ``verdicts()`` shows the cache, ``reset()`` e
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -37,6 +44,12 @@ import torch
 # all zeros), with NaN exactly where the reference has NaN.
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, torch.Tensor]]
 Probe = Callable[[torch.device], tuple[Outputs, Outputs, float]]
+
+# Where each Triton op's probe lives: beside its kernels, registered when that module is imported.
+PROBE_MODULES = {"gce_loss": "drcl_fast.kernels.gce", "drcl_loss": "drcl_fast.kernels.drcl_loss",
+                 "linear_relu": "drcl_fast.kernels.linear_relu", "mixup_project": "drcl_fast.kernels.mixup_project",
+                 "evaluate_map": "drcl_fast.kernels.map_ranked", "precision_recall": "drcl_fast.kernels.map_ranked",
+                 "topk": "drcl_fast.kernels.map_topk"}
 
 OLDEST_CAPABILITY = (7, 0)   # Triton compiles for Volta and newer
 INTERPRETER = "CPU (Triton interpreter)"
@@ -76,12 +89,18 @@ _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def register(op: str, probe: Probe) -> Probe:
-    """Register `op`'s probe (next to its registry of implementations)."""
+    """Register `op`'s probe: called at the bottom of its kernel module (``PROBE_MODULES[op]``), beside its kernels."""
     _probes[op] = probe
     return probe
 
 
 def probes() -> dict[str, Probe]:
+    """Every op's probe, by op: each module of ``PROBE_MODULES`` that imports here (not without Triton) is imported."""
+    for module in dict.fromkeys(PROBE_MODULES.values()):
+        try:
+            importlib.import_module(module)
+        except ImportError:   # no Triton here: its kernels, and so their probes, cannot run
+            pass
     return dict(_probes)
 
 
@@ -163,10 +182,13 @@ def _run(op: str, device: torch.device) -> Verdict:
         return Verdict(op, device, where, False,
                        f"compute capability {cap[0]}.{cap[1]} is below {OLDEST_CAPABILITY[0]}.{OLDEST_CAPABILITY[1]}, "
                        f"the oldest Triton supports")
-    probe = _probes.get(op)
-    if probe is None:
-        return Verdict(op, device, where, True)
     try:
+        # Only when none is registered: a probe put in _probes (a test's) stays.
+        if op not in _probes and op in PROBE_MODULES:
+            importlib.import_module(PROBE_MODULES[op])
+        probe = _probes.get(op)
+        if probe is None:
+            return Verdict(op, device, where, True)
         with torch.inference_mode(False), torch.enable_grad():
             fast, ref, tolerance = probe(device)
         problem = _mismatch(fast, ref, tolerance)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from drcl_fast import ops
+from drcl_fast.ops import restructured
 from drcl_fast.config import DEFAULT_PRECISION
 from drcl_fast.errors import NonFiniteLossError
 from drcl_fast.model import Encoder, encoder_from_state, seeded_encoder
@@ -137,7 +138,7 @@ class RSCStep:
         self.loss_terms = ops.drcl_loss_implementation(s.batch_size, prior.shape[0], targets, pinv, s.backend)
         if closed_form is None:
             self.route, self._run = "autograd", self._through_autograd
-        elif ops.loss_forms_gradients(s.batch_size, prior.shape[0], targets, pinv, s.backend):
+        elif ops.forms_gradients(self.loss_terms):
             self.route, self._run = "by hand", self._by_hand
         else:
             self.route, self._run = "closed form", self._closed_form_layers
@@ -174,7 +175,7 @@ class RSCStep:
                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
             mixed_f = ops.mix_rows(unit, s.gamma, permutation)
             weights = torch.tensor([s.eta, s.alpha, s.beta], dtype=unit.dtype)
-            stacked, d_mixed, d_logits = ops.drcl_loss_gradients(
+            stacked, d_mixed, d_logits = restructured.drcl_loss_gradients(
                 mixed_f, ops.mix_rows(targets, s.gamma, permutation), mixed_f @ prior, pinv, q, weights)
             d_mixed.addmm_(d_logits, prior.t())   # through the logits f~ W
             # Through Mixup, gamma f + (1 - gamma) f[pi]: row pi_i also receives (1 - gamma) of row i's gradient.

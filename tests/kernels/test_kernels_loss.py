@@ -379,8 +379,8 @@ def test_triton_gce_gradcheck_float64():
 def test_compiled_loss_where_the_clamp_binds_matches_the_reference(monkeypatch, tmp_path):
     """Under torch.compile the loss is a custom op, which runs below autograd: the batches where a pair's
     clamp binds (and those with a target row of no class) must be handled there without it."""
-    from drcl_fast.ops import custom_ops
-    if not custom_ops.AVAILABLE:
+    from drcl_fast.kernels import custom_op
+    if not custom_op.AVAILABLE:
         pytest.skip("torch.library.custom_op needs torch >= 2.4")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
@@ -395,12 +395,13 @@ def test_compiled_loss_where_the_clamp_binds_matches_the_reference(monkeypatch, 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_registered_custom_op_passes_opcheck(engine):
-    from drcl_fast.ops import custom_ops
-    if not custom_ops.AVAILABLE:
+    from drcl_fast.kernels import custom_op
+    if not custom_op.AVAILABLE:
         pytest.skip("torch.library.custom_op needs torch >= 2.4")
     f, y, logits, pinv = [t.float() for t in batch(7, 16, 3, seed=8)]
-    torch.library.opcheck(torch.ops.drcl_fast.drcl_loss_forward.default,
-                          (f.requires_grad_(), y, logits.requires_grad_(), pinv, 0.5, engine))
+    loss_fn(engine)   # imports the engine's module, which registers its op
+    torch.library.opcheck(getattr(torch.ops.drcl_fast, f"drcl_loss_{engine}").default,
+                          (f.requires_grad_(), y, logits.requires_grad_(), pinv, 0.5))
 
 
 # Compiled for sm_90 in a subprocess (the test process runs the interpreter): the float64 variant of

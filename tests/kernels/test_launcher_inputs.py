@@ -48,8 +48,9 @@ def to(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def cases() -> dict[str, Case]:
-    from drcl_fast.kernels import drcl_loss, fused_loss, gce, linear_relu, map_ranked, map_topk, matmul
+    from drcl_fast.kernels import drcl_loss, gce, linear_relu, map_ranked, map_topk, matmul
     from drcl_fast.kernels import mixup_project as mp
+    from drcl_fast.ops import restructured
 
     features, targets, pinv = zeros(B, K), torch.eye(C, device=DEVICE)[[0, 1, 2]], zeros(C, K) + 0.5
     layer = dict(x=zeros(B, K), weight=zeros(N, K), bias=zeros(N))
@@ -82,7 +83,7 @@ def cases() -> dict[str, Case]:
                  z=zeros(B, K) + 1, sq=zeros(B) + K, permutation=perm, prior=zeros(K, C)),
             {"shape": ("sq", grow(0)), "dtype": ("z", to(torch.float64)), "device": ("z", meta)}),
         "pair_terms": Case(lambda **a: drcl_loss.pair_terms(**a),
-                           dict(features=features, targets=targets, cs=fused_loss.prepare(features, targets, pinv)),
+                           dict(features=features, targets=targets, cs=restructured.prepare(features, targets, pinv)),
                            {"shape": ("targets", grow(0)), "dtype": ("targets", to(torch.int64)),
                             "device": ("targets", meta)}),
         "mse": Case(lambda **a: drcl_loss.mse(**a), dict(features=features, targets=targets, pinv=pinv),

@@ -140,7 +140,7 @@ def test_q_ramp():
 
 def test_unknown_or_unavailable_backend_is_a_clear_error(monkeypatch):
     logits, targets = torch.zeros(2, 3), torch.eye(3)[:2]
-    monkeypatch.setitem(ops._GCE, "triton", None)          # as in a process without Triton
+    monkeypatch.setitem(ops._REGISTRIES["gce_loss"], "triton", None)          # as in a process without Triton
     with pytest.raises(BackendError, match="'triton' is not available"):
         ops.gce_loss(logits, targets, 0.5, backend="triton")
     with pytest.raises(BackendError, match="unknown backend"):

@@ -13,6 +13,9 @@ import ast
 import importlib
 import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +31,7 @@ from drcl_fast.retrieval import reference as retrieval_reference
 from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.retrieval.pr import precision_recall
 from drcl_fast.runtime import backends, machine, selfcheck
+from tests.support import REPO
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="Triton is not installed")
@@ -358,7 +362,7 @@ def test_check_backends_on_an_old_gpu(monkeypatch):
 
 def test_without_triton_auto_falls_back_with_one_warning_and_triton_is_refused(monkeypatch):
     simulate_gpu(monkeypatch, capability=(9, 0), name="NVIDIA H200")
-    monkeypatch.setitem(ops._GCE, "triton", None)           # as in a process without Triton
+    monkeypatch.setitem(ops._REGISTRIES["gce_loss"], "triton", None)           # as in a process without Triton
     monkeypatch.setattr(triton_backend, "AVAILABLE", False)
     for op in (OPS[0], OPS[4]):
         with pytest.warns(RuntimeWarning) as caught:
@@ -379,15 +383,16 @@ def test_verdicts_are_per_device_index(monkeypatch):
     monkeypatch.setitem(selfcheck._probes, "gce_loss", lambda device: (passing, passing, 0.0))
     with pytest.warns(RuntimeWarning, match="cuda:0"):
         assert ops._pick("gce_loss", "auto", CUDA0) is reference_gce()
-    assert ops._pick("gce_loss", "auto", torch.device("cuda", 1)) is ops._GCE["triton"]
-    assert ops._pick("gce_loss", "auto", torch.device("cuda")) is ops._GCE["triton"]   # the current device: 1
+    triton_gce = ops._REGISTRIES["gce_loss"]["triton"]
+    assert ops._pick("gce_loss", "auto", torch.device("cuda", 1)) is triton_gce
+    assert ops._pick("gce_loss", "auto", torch.device("cuda")) is triton_gce   # the current device: 1
     assert {device for op, device in selfcheck.verdicts()} == {torch.device("cuda", 0), torch.device("cuda", 1)}
     assert not selfcheck.verdicts()[("gce_loss", CUDA0)].ok
     assert selfcheck.verdicts()[("gce_loss", torch.device("cuda", 1))].ok
 
 
 def reference_gce():
-    return ops._GCE["torch"]
+    return ops._REGISTRIES["gce_loss"]["torch"]
 
 
 def test_reset_forgets_verdicts_and_warnings(monkeypatch):
@@ -406,7 +411,7 @@ def test_no_check_while_torch_compile_traces(monkeypatch):
     """Tracing uses a verdict already reached, and trusts the kernel where there is none."""
     monkeypatch.setattr(selfcheck, "_is_compiling", lambda: True)
     runs = count_runs(monkeypatch)
-    assert ops._pick("gce_loss", "triton", DEVICE) is ops._GCE["triton"]
+    assert ops._pick("gce_loss", "triton", DEVICE) is ops._REGISTRIES["gce_loss"]["triton"]
     assert not runs and not selfcheck.verdicts()
     monkeypatch.setattr(selfcheck, "_is_compiling", lambda: False)
     inject(OPS[0], "compile", monkeypatch)
@@ -415,7 +420,7 @@ def test_no_check_while_torch_compile_traces(monkeypatch):
     monkeypatch.setattr(selfcheck, "_is_compiling", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        assert ops._pick("gce_loss", "auto", DEVICE) is ops._GCE["torch"]
+        assert ops._pick("gce_loss", "auto", DEVICE) is ops._REGISTRIES["gce_loss"]["torch"]
     with pytest.raises(BackendError, match="CompilationError"):
         ops._pick("gce_loss", "triton", DEVICE)
     assert runs == ["gce_loss"]
@@ -469,7 +474,60 @@ def test_describe_keeps_a_compilation_errors_reason_not_its_source():
 
 def test_evaluator_probe_matches_the_reference_exactly():
     """The rankings the evaluator's probe uses are exact: the reference agrees with itself across dtypes."""
-    args = dispatch._ranking_case(torch.device("cpu"), 201, 3, 7, False)
+    from drcl_fast.kernels.probe_inputs import ranking_case
+    args = ranking_case(torch.device("cpu"), 201, 3, 7, False)
     as64 = [t.double() if t.is_floating_point() else t for t in args]
     torch.testing.assert_close(retrieval_reference.average_precisions(*args),
                                retrieval_reference.average_precisions(*as64), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- probes registered beside lazily imported kernels
+
+def run_fresh(code: str) -> str:
+    """Run `code` in a new Python process on the Triton interpreter (nothing imported yet); returns its stdout."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_a_check_imports_the_kernel_module_that_holds_the_probe():
+    """The retrieval kernels are imported on first use, so their probes may be unregistered when the check
+    runs: it imports the op's module (PROBE_MODULES) and runs the real probe, not an empty pass."""
+    out = run_fresh("""
+        import sys
+        import drcl_fast.retrieval
+        from drcl_fast.runtime import selfcheck
+        assert "drcl_fast.kernels.map_ranked" not in sys.modules, "imported before the check"
+        found = selfcheck.verdict("evaluate_map", "cpu")
+        assert found.ok, found.reason
+        assert "drcl_fast.kernels.map_ranked" in sys.modules
+        assert selfcheck._probes["evaluate_map"].__module__ == "drcl_fast.kernels.map_ranked"
+        print("ran the real probe")
+    """)
+    assert "ran the real probe" in out
+
+
+def test_a_registered_probe_is_not_replaced_by_the_lazy_import():
+    """A probe already in _probes (a test's) is the one that runs: the op's module is not imported over it."""
+    out = run_fresh("""
+        import sys
+        import torch
+        from drcl_fast.runtime import selfcheck
+        calls = []
+        def lying(device):
+            calls.append(device)
+            return torch.ones(2), torch.zeros(2), 0.0
+        selfcheck._probes["evaluate_map"] = lying
+        found = selfcheck.verdict("evaluate_map", "cpu")
+        assert calls == [torch.device("cpu")] and not found.ok and "differs" in found.reason, found
+        assert selfcheck._probes["evaluate_map"] is lying
+        assert "drcl_fast.kernels.map_ranked" not in sys.modules
+        print("kept the registered probe")
+    """)
+    assert "kept the registered probe" in out
+
+
+def test_probes_lists_every_op_whose_kernels_import():
+    assert set(selfcheck.probes()) >= set(selfcheck.PROBE_MODULES)

@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import average_precision_score, ndcg_score
 
 from drcl_fast.errors import BackendError, ConfigError, DataError
+from drcl_fast.kernels.probe_inputs import exact_rows
 from drcl_fast.retrieval import cpp, dispatch, evaluate_directions, evaluate_map, format_table, metrics_dict
 from drcl_fast.retrieval import triton as triton_backend
 from drcl_fast.retrieval.metrics import (METRIC_FORMS, MetricSpec, evaluate_metrics, instance_ranks,
@@ -47,7 +48,7 @@ def tied_case(seed: int, num_queries: int, gallery_size: int, multilabel: bool):
     """Rows of +-1 times powers of two (cosines exact in any precision), duplicated gallery rows:
     exact ties everywhere, decided by the lower index."""
     gen = torch.Generator().manual_seed(seed)
-    q, g = dispatch._exact_rows(gen, num_queries), dispatch._exact_rows(gen, gallery_size)
+    q, g = exact_rows(gen, num_queries), exact_rows(gen, gallery_size)
     g[gallery_size // 2:] = g[:gallery_size - gallery_size // 2].clone()
     rng = np.random.default_rng(seed)
     if multilabel:

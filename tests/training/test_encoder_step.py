@@ -64,8 +64,8 @@ def test_closed_form_gradients_equal_autograd(phase: str, rows: int, dtype: torc
     grads = _rsc_grads if phase == "rsc" else _spl_grads
     batch = _batch(dtype, rows=rows)
     if phase == "rsc":   # both tails are exercised: autograd's, and the loss's own gradients by hand
-        assert ops.loss_forms_gradients(rows, D, batch["targets"], batch["pinv"],
-                                        "auto") is (rows == LOSS_BY_HAND_ROWS)
+        implementation = ops.drcl_loss_implementation(rows, D, batch["targets"], batch["pinv"], "auto")
+        assert ops.forms_gradients(implementation) is (rows == LOSS_BY_HAND_ROWS)
     loss_closed, closed = grads(dtype, True, batch)
     loss_ref, reference = grads(dtype, False, batch)
     assert loss_closed == loss_ref   # the forward runs the same ops: the same bits
@@ -180,9 +180,9 @@ def test_a_unit_chooses_its_route_once_and_each_batch_runs_straight_down_it(monk
     data = _unit_data(64, c, seed=5)
     settings = rsc.RSCSettings(lr=1e-3, epochs=3, batch_size=16, hidden_dim=48)
     rsc.train_rsc(data, initial_prior(32, c, 1), settings, progress=False)
-    # Two choices at the start (the loss's implementation, whether it forms its gradients), then one per
-    # validation (the whole split, unmixed: not a training batch); 4 batches x 3 epochs asked nothing.
-    assert asked == [16, 16] + [20] * 3
+    # One choice at the start (the loss's implementation, which also says whether it forms its gradients),
+    # then one per validation (the whole split, unmixed: not a training batch); 4 batches x 3 epochs asked nothing.
+    assert asked == [16] + [20] * 3
 
 
 @pytest.mark.parametrize("backend, rows, route", [("auto", 16, "closed form"), ("auto", LOSS_BY_HAND_ROWS, "by hand"),

@@ -78,7 +78,7 @@ def test_cases_the_python_step_handles_return_none():
         batch = step_batch(b, d_in, d, c, torch.float32)
         targets = {"tiny": batch["targets"] * 1e-4, "one-hot": batch["targets"],
                    "multi-hot": (torch.rand(b, c, generator=g) < 0.3).float().clamp_min(batch["targets"])}[case]
-        assert ops.loss_forms_gradients(b, d, targets, batch["pinv"], "auto")
+        assert ops.forms_gradients(ops.drcl_loss_implementation(b, d, targets, batch["pinv"], "auto"))
         encoder = seeded_encoder(d_in, 48, d, 3)
         step = EncoderStep(encoder)
         assert step.native_rsc(batch["x"], targets, batch["permutation"], batch["prior"], batch["pinv"],

@@ -123,8 +123,8 @@ def test_triton_kernels_train_like_the_reference(mfeat, monkeypatch):
 
 
 def compiled_step_available() -> bool:
-    from drcl_fast.ops import custom_ops
-    return custom_ops.AVAILABLE and hasattr(torch, "compile")
+    from drcl_fast.kernels import custom_op
+    return custom_op.AVAILABLE and hasattr(torch, "compile")
 
 
 @pytest.mark.skipif(not compiled_step_available(), reason="needs torch.library.custom_op and torch.compile")
